@@ -1,0 +1,37 @@
+# fenrec-dist: `make demo` and `make test` set everything up on first use.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export DS_ACCELERATOR ?= cpu
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
+export RAY_USAGE_STATS_ENABLED := 0
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test test-all bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e ".[cpu,test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Warm DeepSpeed's one-off CPU op build so no single test pays for it.
+$(VENV)/.ds-warm: $(STAMP)
+	$(PY) -m fenrec_dist.distributed.warmup
+	@touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/fenrec demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" --timeout=600
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q --timeout=3600
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache

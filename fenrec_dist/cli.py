@@ -1,0 +1,146 @@
+"""`fenrec`: the command line. A thin face over the package's functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from fenrec_dist.config import ConfigError, describe, dump_yaml, load_config
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML run config (configs/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set train.lr=0.0005 (repeatable)")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.config or args.overrides:
+        print(dump_yaml(load_config(args.config, args.overrides)), end="")
+        return 0
+    for key, tp, default, doc in describe():
+        print(f"{key:<34} {tp:<22} {default!r:<28} {doc}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from fenrec_dist.data.synth import SynthConfig, write_synth
+
+    cfg = SynthConfig(users=args.users, items=args.items, intents=args.intents, mean_length=args.mean_length,
+                      seed=args.seed)
+    summary = write_synth(cfg, args.out, fmt=args.format)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from fenrec_dist.data.prepare import prepare
+
+    t0 = time.perf_counter()
+    m = prepare(
+        args.input, args.out, fmt=args.format, max_len=args.max_len, horizon=args.horizon,
+        min_interactions=args.min_interactions, k_core=args.k_core, user_col=args.user_col,
+        item_col=args.item_col, time_col=args.time_col, num_shards=args.num_shards,
+        row_group_size=args.row_group_size, overwrite=args.overwrite,
+    )
+    keys = ("users", "items", "interactions", "train_samples")
+    print(f"prepared {args.out} in {time.perf_counter() - t0:.2f}s: " + ", ".join(f"{k}={m[k]:,}" for k in keys))
+    if m.get("dropped"):
+        print("dropped: " + ", ".join(f"{k}={v:,}" for k, v in m["dropped"].items()))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fenrec_dist.train.single import load_run_config, train_single
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = load_run_config(run_dir)
+        if args.overrides:
+            raise ConfigError("--resume continues a run with its saved config; --set is not allowed")
+        final = train_single(cfg, run_dir, resume=True)
+    else:
+        cfg = load_config(args.config, args.overrides)
+        run_dir = Path(args.out) if args.out else Path("runs") / f"{Path(args.config or 'default').stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+        final = train_single(cfg, run_dir)
+    print(json.dumps(final["test"]))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fenrec_dist.train.single import evaluate_run
+
+    final = evaluate_run(Path(args.run_dir))
+    print(json.dumps(final, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fenrec", description="Train FENRec sequential recommenders.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("config", help="print the documented config keys, or a resolved config")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_config)
+
+    p = sub.add_parser("synth", help="write a seeded synthetic interaction log")
+    p.add_argument("--out", required=True)
+    p.add_argument("--users", type=int, default=3000)
+    p.add_argument("--items", type=int, default=400)
+    p.add_argument("--intents", type=int, default=10)
+    p.add_argument("--mean-length", type=float, default=12.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["seq", "csv"], default="csv")
+    p.set_defaults(fn=cmd_synth)
+
+    p = sub.add_parser("prepare", help="interaction log -> sharded Parquet training data")
+    p.add_argument("input")
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", default="auto", choices=["auto", "seq", "csv", "tsv", "parquet", "amazon-json"])
+    p.add_argument("--max-len", type=int, default=50)
+    p.add_argument("--horizon", type=int, default=2)
+    p.add_argument("--min-interactions", type=int, default=3)
+    p.add_argument("--k-core", type=int, default=0)
+    p.add_argument("--user-col", default="user")
+    p.add_argument("--item-col", default="item")
+    p.add_argument("--time-col", default="timestamp")
+    p.add_argument("--num-shards", type=int, default=4)
+    p.add_argument("--row-group-size", type=int, default=16384)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a model (single process)")
+    _add_config_args(p)
+    p.add_argument("--out", help="run directory (default runs/<config>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("evaluate", help="re-score a run's best checkpoint on validation and test")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_evaluate)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except ConfigError as exc:
+        print(f"fenrec: config error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # DataError and friends: one clear line, non-zero exit
+        from fenrec_dist.data.errors import DataError
+
+        if isinstance(exc, DataError):
+            print(f"fenrec: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

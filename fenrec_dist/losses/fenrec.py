@@ -1,0 +1,114 @@
+"""The FENRec objective: L_rec + lambda_0 L_coarse + beta_0 L_fine, with the warm-up.
+
+Before ``negatives.warmup_epochs`` the contrastive terms are plain InfoNCE with
+in-batch negatives; afterwards the configured negative sources (hard, noise, index)
+join and similarity shaping is applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from fenrec_dist.config import LossConfig, NegativesConfig
+from fenrec_dist.intents import IntentClusters
+from fenrec_dist.losses.intent_contrast import contrast_loss, make_contrast_batch
+from fenrec_dist.losses.shaping import Shaping
+from fenrec_dist.losses.soft_labels import soft_label_loss
+from fenrec_dist.negatives.samplers import NoiseNegatives, StepContext, build_samplers
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    rec: torch.Tensor
+    coarse: torch.Tensor
+    fine: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        return {k: float(getattr(self, k).detach()) for k in ("total", "rec", "coarse", "fine")}
+
+
+class FENRecLoss:
+    """Computes the FENRec loss of one batch.
+
+    Args:
+        loss_cfg: weights, gamma and temperature.
+        neg_cfg: warm-up, negative sources and shaping.
+        gather: maps a local tensor [B, ...] to the global batch [W*B, ...] across
+            workers (identity in one process); gradients must flow to the local part.
+    """
+
+    def __init__(self, loss_cfg: LossConfig, neg_cfg: NegativesConfig, gather: Gather = _identity) -> None:
+        self.loss_cfg = loss_cfg
+        self.neg_cfg = neg_cfg
+        self.gather = gather
+
+    def after_warmup(self, epoch: int) -> bool:
+        return epoch >= self.neg_cfg.warmup_epochs
+
+    def shaping(self, epoch: int) -> Shaping:
+        on = self.after_warmup(epoch) and self.neg_cfg.shaping
+        return Shaping(on, self.neg_cfg.tau, self.neg_cfg.margin)
+
+    def __call__(
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor,
+        item_weights: torch.Tensor,
+        target: torch.Tensor,
+        future: torch.Tensor,
+        future_len: torch.Tensor,
+        epoch: int,
+        intents: IntentClusters | None,
+        generator: torch.Generator,
+    ) -> LossParts:
+        """Loss of a batch.
+
+        Args:
+            z1: float [B, d] anchors' representations (last position).
+            z2: float [B, d] same-target partners' representations.
+            item_weights: float [I + 1, d] item embedding table (scoring layer).
+            target: long [B]; future: long [B, H + 1]; future_len: long [B].
+            epoch: 0-based epoch (selects the warm-up phase).
+            intents: this epoch's clusters, or None to skip the fine term.
+            generator: CPU generator for lam and noise draws.
+        """
+        cfg = self.loss_cfg
+        logits = z1 @ item_weights.t()
+        rec = soft_label_loss(logits, future, future_len, cfg.gamma, cfg.soft_labels)
+        zero = rec.new_zeros(())
+        coarse = fine = zero
+        if cfg.lambda_coarse <= 0 and (cfg.beta_fine <= 0 or intents is None):
+            return LossParts(rec, rec, zero, zero)
+
+        g1, g2, gt = self.gather(z1), self.gather(z2), self.gather(target)
+        shaping = self.shaping(epoch)
+        samplers = build_samplers(self.neg_cfg, self.after_warmup(epoch))
+        ctx = StepContext(generator=generator)
+        coarse_batch = make_contrast_batch(g1, g2, gt, cfg.temperature)
+        noise = [s for s in samplers if isinstance(s, NoiseNegatives)]
+        others = [s for s in samplers if not isinstance(s, NoiseNegatives)]
+        for s in noise:
+            s.prepare(coarse_batch, others, shaping, ctx)
+
+        def blocks(batch):  # type: ignore[no-untyped-def]
+            return [blk for s in samplers for blk in s.blocks(batch, ctx)]
+
+        if cfg.lambda_coarse > 0:
+            coarse = contrast_loss(coarse_batch, blocks(coarse_batch), shaping)
+        if cfg.beta_fine > 0 and intents is not None:
+            for view in (g1, g2):
+                ids, cents = intents.assign(view)
+                fb = make_contrast_batch(view, cents, ids, cfg.temperature)
+                fine = fine + contrast_loss(fb, blocks(fb), shaping)
+        total = rec + cfg.lambda_coarse * coarse + cfg.beta_fine * fine
+        return LossParts(total, rec, coarse, fine)

@@ -1,0 +1,141 @@
+"""SASRec (Kang & McAuley 2018) as used by ICSRec / FENRec.
+
+Post-LayerNorm transformer blocks: LN(x + Dropout(Attn(x))), then
+LN(h + Dropout(W2 GELU(W1 h))). Learned absolute position embeddings over the
+left-padded window of ``max_len``; causal mask plus key-padding mask; N(0, 0.02)
+initialisation; LayerNorm eps 1e-12 — all as the reference code.
+
+Exact speed-ups (``ModelConfig``): ``trim_padding`` drops all-padding left columns
+while keeping absolute position ids; ``last_position_only`` computes the last
+block's queries and feed-forward only at the last position. Both give the same
+output as the plain computation (see tests/test_model.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fenrec_dist.config import ModelConfig
+from fenrec_dist.model.base import SequenceEncoder, trim_left_padding
+
+_MASKED = -10000.0  # the reference's additive mask value (exp underflows to exactly 0 in fp32)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int, attn_dropout: float, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = hidden // heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.dense = nn.Linear(hidden, hidden)
+        self.attn_dropout = nn.Dropout(attn_dropout)
+        self.out_dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, l, _ = x.shape
+        return x.view(b, l, self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x float [B, L, d]; mask float [B, 1, Lq, L] additive (0 or -1e4).
+
+        Returns float [B, L, d], or [B, 1, d] when ``last_only`` (queries at the last
+        position only; ``mask`` must then have Lq = 1).
+        """
+        q_in = x[:, -1:, :] if last_only else x
+        q = self._split(self.query(q_in))
+        k = self._split(self.key(x))
+        v = self._split(self.value(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask
+        probs = self.attn_dropout(torch.softmax(scores, dim=-1))
+        ctx = (probs @ v).transpose(1, 2).reshape(q_in.shape)
+        return self.norm(self.out_dropout(self.dense(ctx)) + q_in)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, hidden: int, mult: int, dropout: float) -> None:
+        super().__init__()
+        self.dense_1 = nn.Linear(hidden, hidden * mult)
+        self.dense_2 = nn.Linear(hidden * mult, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x float [..., d] -> float [..., d]."""
+        return self.norm(self.dropout(self.dense_2(F.gelu(self.dense_1(x)))) + x)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn = SelfAttention(cfg.hidden, cfg.heads, cfg.attn_dropout, cfg.dropout)
+        self.ff = FeedForward(cfg.hidden, cfg.ff_mult, cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        return self.ff(self.attn(x, mask, last_only))
+
+
+class SASRec(SequenceEncoder):
+    """SASRec encoder over item ids 1..num_items (0 = padding), window ``max_len``."""
+
+    def __init__(self, cfg: ModelConfig, num_items: int, max_len: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_items = num_items
+        self.max_len = max_len
+        self.item_emb = nn.Embedding(num_items + 1, cfg.hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len, cfg.hidden)
+        self.emb_norm = nn.LayerNorm(cfg.hidden, eps=1e-12)
+        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.apply(self._init)
+
+    def _init(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(0.0, self.cfg.init_std)
+        if isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    @staticmethod
+    def attention_mask(ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Additive mask float [B, 1, L, L] (or [B, 1, 1, L]): causal and key padding."""
+        l = ids.shape[1]
+        keys = (ids > 0)[:, None, None, :]  # [B,1,1,L]
+        causal = torch.ones(l, l, dtype=torch.bool, device=ids.device).tril()
+        allowed = keys & causal[None, None]  # [B,1,L,L]
+        mask = torch.zeros(allowed.shape, dtype=torch.float32, device=ids.device)
+        mask.masked_fill_(~allowed, _MASKED)
+        return mask[:, :, -1:, :] if last_only else mask
+
+    def sequence_output(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Plain computation: float [B, L, d] outputs at every position (no speed-ups)."""
+        return self._encode(input_ids, 0, last_only=False)
+
+    def _encode(self, ids: torch.Tensor, offset: int, last_only: bool) -> torch.Tensor:
+        l = ids.shape[1]
+        pos = torch.arange(offset, offset + l, device=ids.device)
+        x = self.emb_dropout(self.emb_norm(self.item_emb(ids) + self.pos_emb(pos)[None]))
+        full_mask = self.attention_mask(ids)
+        n = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            if last_only and i == n - 1:
+                x = block(x, full_mask[:, :, -1:, :], last_only=True)
+            else:
+                x = block(x, full_mask)
+        return x
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids long [B, max_len] left-padded -> float [B, d] at the last position."""
+        ids, offset = trim_left_padding(input_ids) if self.cfg.trim_padding else (input_ids, 0)
+        offset += self.max_len - input_ids.shape[1]  # inputs shorter than max_len are right-aligned
+        out = self._encode(ids, offset, last_only=self.cfg.last_position_only)
+        return out[:, -1, :]

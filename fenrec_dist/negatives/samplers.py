@@ -1,0 +1,120 @@
+"""Negative samplers: each turns a ContrastBatch into NegativeBlocks.
+
+All samplers share one interface so that ``negatives.sources`` picks which are used:
+
+- ``in_batch``: the other rows of the batch (false negatives masked);
+- ``hard``: enduring hard negatives, the in-batch negatives pulled toward the anchor;
+- ``noise``: Gaussian vectors nudged toward the anchors (shared by both terms of a step);
+- ``index``: neighbours mined from the epoch's FAISS index (see fenrec_dist.negative_index).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from fenrec_dist.config import NegativesConfig
+from fenrec_dist.losses.hard_negatives import hard_negative_logits, sample_lam
+from fenrec_dist.losses.intent_contrast import ContrastBatch, NegativeBlock, contrast_loss
+from fenrec_dist.losses.noise_negatives import draw_noise, nudge_noise
+from fenrec_dist.losses.shaping import Shaping
+
+
+@dataclass
+class StepContext:
+    """Per-step state shared by the samplers of one optimisation step.
+
+    generator: CPU generator of this step's random draws (lam, noise).
+    noise: float [R, d] nudged noise negatives of this step, or None.
+    extras: sampler-specific per-step data (e.g. index-mined keys).
+    """
+
+    generator: torch.Generator
+    noise: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+
+class NegativeSampler(Protocol):
+    name: str
+
+    def blocks(self, batch: ContrastBatch, ctx: StepContext) -> list[NegativeBlock]:
+        """NegativeBlocks for the N anchors of ``batch``."""
+        ...
+
+
+class InBatchNegatives:
+    name = "in_batch"
+
+    def blocks(self, batch: ContrastBatch, ctx: StepContext) -> list[NegativeBlock]:
+        return [NegativeBlock(batch.sims, 1.0, batch.mask)]
+
+
+class HardNegatives:
+    """Every valid in-batch negative pulled toward its anchor by lam ~ U[lam_min, lam_max]."""
+
+    name = "hard"
+
+    def __init__(self, weight: float, lam_min: float, lam_max: float) -> None:
+        self.weight = weight
+        self.lam_min = lam_min
+        self.lam_max = lam_max
+
+    def blocks(self, batch: ContrastBatch, ctx: StepContext) -> list[NegativeBlock]:
+        n = batch.z.shape[0]
+        lam = sample_lam((n, n), self.lam_min, self.lam_max, ctx.generator)
+        if isinstance(lam, torch.Tensor):
+            lam = lam.to(batch.z.device)
+        logits = hard_negative_logits(batch.z, batch.z, lam) / batch.temperature
+        return [NegativeBlock(logits, self.weight, batch.mask)]
+
+
+class NoiseNegatives:
+    """rho * B Gaussian negatives, nudged on the coarse loss once per step (``prepare``)."""
+
+    name = "noise"
+
+    def __init__(self, ratio: float, steps: int, step_size: float) -> None:
+        self.ratio = ratio
+        self.steps = steps
+        self.step_size = step_size
+
+    def prepare(self, coarse: ContrastBatch, others: list[NegativeSampler], shaping: Shaping, ctx: StepContext) -> None:
+        """Draw and nudge this step's noise on the (detached) coarse batch; stores ``ctx.noise``."""
+        b = coarse.z.shape[0] // 2
+        rows = int(round(self.ratio * b))
+        if rows <= 0:
+            ctx.noise = None
+            return
+        det = ContrastBatch(coarse.z.detach(), coarse.sims.detach(), coarse.mask, coarse.temperature)
+        fixed = [blk for s in others for blk in s.blocks(det, ctx)]
+
+        def loss_fn(noise: torch.Tensor) -> torch.Tensor:
+            blk = NegativeBlock(det.z @ noise.t() / det.temperature, 1.0, None)
+            return contrast_loss(det, fixed + [blk], shaping)
+
+        noise = draw_noise(rows, coarse.z.shape[1], ctx.generator, coarse.z.device, coarse.z.dtype)
+        ctx.noise = nudge_noise(noise, loss_fn, self.steps, self.step_size)
+
+    def blocks(self, batch: ContrastBatch, ctx: StepContext) -> list[NegativeBlock]:
+        if ctx.noise is None:
+            return []
+        return [NegativeBlock(batch.z @ ctx.noise.t() / batch.temperature, 1.0, None)]
+
+
+def build_samplers(cfg: NegativesConfig, after_warmup: bool) -> list[NegativeSampler]:
+    """The samplers in use: in-batch only before the warm-up ends, ``cfg.sources`` after."""
+    if not after_warmup:
+        return [InBatchNegatives()]
+    out: list[NegativeSampler] = []
+    for src in cfg.sources:
+        if src == "in_batch":
+            out.append(InBatchNegatives())
+        elif src == "hard" and cfg.hard_weight > 0:
+            out.append(HardNegatives(cfg.hard_weight, cfg.lam_min, cfg.lam_max))
+        elif src == "noise" and cfg.noise_ratio > 0:
+            out.append(NoiseNegatives(cfg.noise_ratio, cfg.noise_steps, cfg.noise_step_size))
+        elif src == "index":
+            raise NotImplementedError("negatives.sources 'index' needs the FAISS negative index (not built yet)")
+    return out

@@ -1,0 +1,1 @@
+"""Training: batch planning, the per-epoch loop, checkpoints and drivers."""

@@ -1,0 +1,189 @@
+"""The per-epoch work, free of any assumption about processes or devices.
+
+Both the single-process driver and the Ray Train worker call these functions; the
+distributed parts (gathering representations, reducing metric sums) come in as
+arguments.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fenrec_dist.data.dataset import EvalTable, SampleTable
+from fenrec_dist.intents import IntentClusters
+from fenrec_dist.losses.fenrec import FENRecLoss
+from fenrec_dist.metrics import rank_metrics, target_ranks
+from fenrec_dist.model.base import SequenceEncoder
+from fenrec_dist.train.batches import PartnerIndex, epoch_rng, to_tensor
+
+StepFn = Callable[[torch.Tensor], None]
+
+
+def torch_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0) -> StepFn:
+    """The plain optimisation step: backward, clip, step, zero_grad(set_to_none=True)."""
+
+    def step(loss: torch.Tensor) -> None:
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+@dataclass
+class EpochResult:
+    losses: dict[str, float] = field(default_factory=dict)  # means over batches
+    samples: int = 0
+    seconds: float = 0.0
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / max(self.seconds, 1e-9)
+
+
+def step_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    """CPU generator for the epoch's lam and noise draws."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch * 101 + rank)
+
+
+def train_epoch(
+    net: Callable[[torch.Tensor], torch.Tensor],
+    encoder: SequenceEncoder,
+    step: StepFn,
+    table: SampleTable,
+    partners: PartnerIndex,
+    partner_table: SampleTable,
+    batches: Iterable[np.ndarray],
+    loss_fn: FENRecLoss,
+    epoch: int,
+    intents: IntentClusters | None,
+    seed: int,
+    device: torch.device,
+    rank: int = 0,
+    progress: bool = False,
+    num_batches: int | None = None,
+    autocast: Callable[[], object] | None = None,
+) -> EpochResult:
+    """One epoch of FENRec training.
+
+    Args:
+        net: callable long [2B, L] -> float [2B, d] (the model, or its DeepSpeed engine).
+        encoder: the underlying encoder (for the item table).
+        step: consumes the scalar loss (backward + optimizer step).
+        table: the anchors' samples; ``batches`` index into it.
+        partners: same-target groups over ``partner_table`` (the whole training set).
+        partner_table: where partners are drawn from (equals ``table`` in one process).
+        batches: int arrays of row indices of ``table``.
+        loss_fn, epoch, intents: the objective, the 0-based epoch, this epoch's clusters.
+        seed, rank: make the partner draws and the step generator deterministic.
+    """
+    if hasattr(net, "train"):
+        net.train()  # type: ignore[union-attr]
+    encoder.train()
+    rng = epoch_rng(seed, epoch, 1000 + rank)
+    gen = step_generator(seed, epoch, rank)
+    sums: dict[str, float] = {}
+    n_batches = 0
+    samples = 0
+    t0 = time.perf_counter()
+    bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not progress,
+               mininterval=2.0)
+    for b in bar:
+        # Partners are looked up by global sample index in partner_table.
+        anchors_global = table.sample_id[b] if partner_table is not table else b
+        p = partners.draw(anchors_global, partner_table.target, rng)
+        ids = np.concatenate([table.inputs[b], partner_table.inputs[p]], axis=0)
+        x = to_tensor(ids, device)
+        ctx = autocast() if autocast is not None else torch.autocast("cpu", enabled=False)
+        with ctx:  # type: ignore[attr-defined]
+            z = net(x)
+        z = z.float()
+        bsz = len(b)
+        parts = loss_fn(
+            z[:bsz], z[bsz:], encoder.item_weights().float(),
+            to_tensor(table.target[b], device), to_tensor(table.future[b], device),
+            to_tensor(table.future_len[b], device), epoch, intents, gen,
+        )
+        if not torch.isfinite(parts.total):
+            raise FloatingPointError(f"non-finite loss at epoch {epoch}, batch {n_batches}: {parts.as_floats()}")
+        step(parts.total)
+        for k, v in parts.as_floats().items():
+            sums[k] = sums.get(k, 0.0) + v
+        n_batches += 1
+        samples += bsz
+        if progress and n_batches % 20 == 0:
+            bar.set_postfix(loss=f"{sums['total'] / n_batches:.4f}")
+    bar.close()
+    return EpochResult({k: v / max(n_batches, 1) for k, v in sums.items()}, samples, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def embed(encoder: SequenceEncoder, inputs: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """Eval-mode last-position representations.
+
+    Args:
+        inputs: int [N, L] left-padded sequences.
+
+    Returns:
+        float32 [N, d] in the order of ``inputs`` (computed in length order, so
+        padding is trimmed away batch by batch).
+    """
+    was_training = encoder.training
+    encoder.eval()
+    lengths = (inputs != 0).sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    out = np.empty((len(inputs), encoder.item_emb.embedding_dim), dtype=np.float32)
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        out[idx] = encoder(to_tensor(inputs[idx], device)).float().cpu().numpy()
+    encoder.train(was_training)
+    return out
+
+
+def padded_ragged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows of a ragged int array as a 0-padded int64 [len(rows), max_len] matrix."""
+    starts, ends = offsets[rows], offsets[rows + 1]
+    lens = ends - starts
+    width = int(lens.max()) if len(rows) else 0
+    out = np.zeros((len(rows), max(width, 1)), dtype=np.int64)
+    col = np.arange(max(width, 1))
+    mask = col[None, :] < lens[:, None]
+    out[mask] = values[(starts[:, None] + col[None, :])[mask]]
+    return out
+
+
+@torch.no_grad()
+def evaluate_sums(
+    encoder: SequenceEncoder,
+    table: EvalTable,
+    split: str,
+    max_len: int,
+    batch_size: int,
+    item_chunk: int,
+    ks: list[int],
+    device: torch.device,
+) -> dict[str, float]:
+    """Full-ranking metric *sums* (and 'count') of ``split`` ('valid' or 'test') over the table's users."""
+    inputs = table.inputs(split, max_len)
+    targets = table.valid if split == "valid" else table.test
+    ex_values, ex_offsets = table.exclude(split)
+    reprs = embed(encoder, inputs, batch_size, device)
+    items = encoder.item_weights().detach().float()
+    sums: dict[str, float] = {}
+    for i in range(0, len(inputs), batch_size):
+        rows = np.arange(i, min(i + batch_size, len(inputs)))
+        ranks = target_ranks(
+            torch.from_numpy(reprs[rows]).to(device), items, to_tensor(targets[rows], device),
+            to_tensor(padded_ragged(ex_values, ex_offsets, rows), device), item_chunk,
+        )
+        for k, v in rank_metrics(ranks, ks).items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return sums

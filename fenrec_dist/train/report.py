@@ -1,0 +1,115 @@
+"""What a run shows while it trains: a progress line per epoch, metrics.jsonl, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def progress_line(rec: dict[str, Any], max_epochs: int, metric: str) -> str:
+    """One human-readable line per epoch from a metrics record."""
+    loss = rec.get("loss", {})
+    val = rec.get("valid", {})
+    phases = rec.get("time", {})
+    eta = phases.get("epoch", 0.0) * max(0, max_epochs - rec["epoch"] - 1)
+    parts = [
+        f"epoch {rec['epoch']:>3}",
+        "loss " + " ".join(f"{k}={v:.4f}" for k, v in loss.items()),
+        f"{rec.get('samples_per_s', 0):,.0f} samples/s",
+        " ".join(f"{k}={v:.4f}" for k, v in val.items() if k in ("HR@20", "NDCG@20", "MRR")),
+        "time " + " ".join(f"{k}={v:.1f}s" for k, v in phases.items()),
+        f"best {metric}={rec.get('best', float('nan')):.4f}@{rec.get('best_epoch', -1)}",
+        f"ETA<={format_duration(eta)}",
+    ]
+    return " | ".join(parts)
+
+
+class MetricsLog:
+    """Appends one JSON line per epoch; on resume keeps only completed epochs."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.run_dir = run_dir
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            except Exception:  # tensorboard missing: the JSON log still works
+                self._tb = None
+
+    def truncate(self, completed_epochs: int) -> None:
+        """Drop records of epochs >= completed_epochs (written before an interruption)."""
+        if not self.path.exists():
+            return
+        keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["epoch"] < completed_epochs]
+        self.path.write_text("".join(l + "\n" for l in keep))
+
+    def write(self, rec: dict[str, Any]) -> None:
+        rec = {**rec, "wall_time": time.time()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self._tb is not None:
+            step = rec["epoch"]
+            for group in ("loss", "valid", "time"):
+                for k, v in rec.get(group, {}).items():
+                    self._tb.add_scalar(f"{group}/{k}", v, step)
+            self._tb.add_scalar("samples_per_s", rec.get("samples_per_s", 0.0), step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    p = Path(run_dir) / "metrics.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+
+
+def plot_curves(run_dir: Path, metric: str = "NDCG@20") -> Path | None:
+    """PNG of the training losses and validation metrics per epoch (curves.png)."""
+    recs = read_metrics(run_dir)
+    if not recs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in recs]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for k in recs[0].get("loss", {}):
+        axes[0].plot(epochs, [r["loss"].get(k, float("nan")) for r in recs], label=k)
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("loss")
+    axes[0].set_yscale("log")
+    axes[0].legend()
+    axes[0].set_title("training losses")
+    for k in ("HR@20", "NDCG@20", "MRR"):
+        if k in recs[0].get("valid", {}):
+            axes[1].plot(epochs, [r["valid"][k] for r in recs], label=k)
+    best = max(recs, key=lambda r: r["valid"].get(metric, float("-inf")))
+    axes[1].axvline(best["epoch"], color="gray", linestyle="--", label=f"best {metric} @ {best['epoch']}")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_title("validation (full ranking)")
+    axes[1].legend()
+    fig.tight_layout()
+    out = Path(run_dir) / "curves.png"
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

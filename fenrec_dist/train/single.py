@@ -1,0 +1,148 @@
+"""Single-process training driver: `fenrec train` without Ray (``distributed.num_workers`` = 1
+and ``--local``), and the reference path that the distributed run must match."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from fenrec_dist.config import Config, config_from_dict, dump_yaml
+from fenrec_dist.data.dataset import PreparedData, load_prepared
+from fenrec_dist.intents import IntentClusters
+from fenrec_dist.losses.fenrec import FENRecLoss
+from fenrec_dist.metrics import finalize
+from fenrec_dist.model import build_encoder
+from fenrec_dist.model.base import SequenceEncoder
+from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
+from fenrec_dist.train.checkpoint import atomic_write_json, atomic_write_text, load_state, rng_state, save_state, set_rng_state
+from fenrec_dist.train.early_stopping import EarlyStopping
+from fenrec_dist.train.loop import embed, evaluate_sums, torch_step, train_epoch
+from fenrec_dist.train.report import MetricsLog, plot_curves, progress_line
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but CUDA is not available")
+    return torch.device(name)
+
+
+def fit_intents(encoder: SequenceEncoder, data: PreparedData, cfg: Config, epoch: int, device: torch.device) -> IntentClusters:
+    """Embed every training sample in eval mode and run FAISS k-means on them."""
+    reprs = embed(encoder, data.train.inputs, cfg.intents.batch_size, device)
+    return IntentClusters.fit(reprs, cfg.intents.k, cfg.intents.niter, seed=cfg.train.seed + epoch)
+
+
+def evaluate_split(encoder: SequenceEncoder, data: PreparedData, cfg: Config, split: str, device: torch.device) -> dict[str, float]:
+    sums = evaluate_sums(encoder, data.eval, split, data.max_len, cfg.eval.batch_size, cfg.eval.item_chunk,
+                         list(cfg.eval.ks), device)
+    return finalize(sums)
+
+
+def build_model(cfg: Config, data: PreparedData, device: torch.device) -> SequenceEncoder:
+    torch.manual_seed(cfg.train.seed)
+    return build_encoder(cfg.model, data.num_items, data.max_len).to(device)
+
+
+def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) -> dict[str, Any]:
+    """Train until early stopping or ``train.epochs``; returns final.json's content.
+
+    The run directory holds config.yaml, metrics.jsonl, checkpoints/{last,best}.pt,
+    tensorboard/, curves.png and final.json.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = run_dir / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    data = load_prepared(cfg.data.path, max_len=cfg.data.max_len)
+    if not resume:
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    model = build_model(cfg, data, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    stopper = EarlyStopping(cfg.train.patience)
+    start_epoch = 0
+    log_file = MetricsLog(run_dir)
+    if resume and last_path.exists():
+        st = load_state(last_path, map_location=device)
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        stopper = EarlyStopping.from_state(st["early_stopping"])
+        start_epoch = int(st["epoch"])
+        set_rng_state(st["rng"])
+        log(f"resumed {run_dir} after epoch {start_epoch - 1} (best {cfg.eval.metric}={stopper.best:.4f}@{stopper.best_epoch})")
+    log_file.truncate(start_epoch)
+
+    loss_fn = FENRecLoss(cfg.loss, cfg.negatives)
+    partners = PartnerIndex.build(data.train.target, data.num_items)
+    step = torch_step(model, optimizer, cfg.train.grad_clip)
+    lengths = data.train.input_len
+    log(f"data {cfg.data.path}: {len(data.train):,} training samples, {len(data.eval.user):,} users, "
+        f"{data.num_items:,} items | device {device} | {sum(p.numel() for p in model.parameters()):,} parameters")
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if stopper.should_stop:
+            break
+        t_epoch = time.perf_counter()
+        intents = None
+        t0 = time.perf_counter()
+        if cfg.loss.beta_fine > 0:
+            intents = fit_intents(model, data, cfg, epoch, device)
+        t_cluster = time.perf_counter() - t0
+        batches = epoch_batches(lengths, cfg.train.batch_size, epoch_rng(cfg.train.seed, epoch),
+                                cfg.train.length_grouping, cfg.train.length_bucket_batches)
+        res = train_epoch(model, model, step, data.train, partners, data.train, batches, loss_fn, epoch, intents,
+                          cfg.train.seed, device, progress=cfg.train.progress, num_batches=len(batches))
+        t0 = time.perf_counter()
+        valid = evaluate_split(model, data, cfg, "valid", device)
+        t_eval = time.perf_counter() - t0
+        improved = stopper.update(valid[cfg.eval.metric], epoch)
+        if improved:
+            save_state(best_path, {"model": model.state_dict(), "epoch": epoch, "valid": valid})
+        rec = {
+            "epoch": epoch, "loss": res.losses, "valid": valid, "samples_per_s": res.samples_per_s,
+            "time": {"cluster": t_cluster, "train": res.seconds, "eval": t_eval,
+                     "epoch": time.perf_counter() - t_epoch},
+            "best": stopper.best, "best_epoch": stopper.best_epoch, "phase": "hard" if loss_fn.after_warmup(epoch) else "warmup",
+        }
+        log_file.write(rec)
+        save_state(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "early_stopping": stopper.state_dict(), "epoch": epoch + 1, "rng": rng_state()})
+        log(progress_line(rec, cfg.train.epochs, cfg.eval.metric))
+    log_file.close()
+    plot_curves(run_dir, cfg.eval.metric)
+    return finish(run_dir, cfg, data, device, log)
+
+
+def finish(run_dir: Path, cfg: Config, data: PreparedData, device: torch.device, log=print) -> dict[str, Any]:
+    """Score the best checkpoint on validation and test; write final.json."""
+    model = build_model(cfg, data, device)
+    st = load_state(run_dir / "checkpoints" / "best.pt", map_location=device)
+    model.load_state_dict(st["model"])
+    valid = evaluate_split(model, data, cfg, "valid", device)
+    test = evaluate_split(model, data, cfg, "test", device)
+    final = {"best_epoch": int(st["epoch"]), "valid": valid, "test": test}
+    atomic_write_json(run_dir / "final.json", final)
+    log("test  " + " ".join(f"{k}={v:.4f}" for k, v in test.items()) + f"  (best epoch {final['best_epoch']})")
+    return final
+
+
+def load_run_config(run_dir: Path) -> Config:
+    return config_from_dict(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
+
+
+def evaluate_run(run_dir: Path, log=print) -> dict[str, Any]:
+    """`fenrec evaluate RUN_DIR`: re-score the best checkpoint."""
+    cfg = load_run_config(run_dir)
+    device = resolve_device(cfg.train.device)
+    data = load_prepared(cfg.data.path, max_len=cfg.data.max_len)
+    return finish(Path(run_dir), cfg, data, device, log)

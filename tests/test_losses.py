@@ -1,0 +1,203 @@
+"""Every FENRec loss term against an explicit reference computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fenrec_dist.config import LossConfig, NegativesConfig
+from fenrec_dist.intents import IntentClusters
+from fenrec_dist.losses.fenrec import FENRecLoss
+from fenrec_dist.losses.hard_negatives import explicit_hard_negatives, hard_negative_logits, sample_lam
+from fenrec_dist.losses.intent_contrast import NegativeBlock, make_contrast_batch, weighted_info_nce
+from fenrec_dist.losses.noise_negatives import nudge_noise
+from fenrec_dist.losses.shaping import Shaping
+from fenrec_dist.losses.soft_labels import soft_label_loss, soft_label_weights
+
+torch.set_default_dtype(torch.float32)
+
+
+def test_soft_label_weights_gamma_02():
+    w = soft_label_weights(torch.tensor([3, 2, 1]), 3, 0.2)
+    assert torch.allclose(w[0], torch.tensor([0.8065, 0.1613, 0.0323]), atol=1e-4)
+    assert torch.allclose(w[1], torch.tensor([1 / 1.2, 0.2 / 1.2, 0.0]), atol=1e-6)
+    assert torch.equal(w[2], torch.tensor([1.0, 0.0, 0.0]))
+    onehot = soft_label_weights(torch.tensor([3, 2]), 3, 0.2, soft=False)
+    assert torch.equal(onehot, torch.tensor([[1.0, 0, 0], [1.0, 0, 0]]))
+
+
+def test_soft_label_loss_matches_explicit_cross_entropy():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 11, generator=g)
+    future = torch.tensor([[3, 5, 7], [2, 9, 0], [4, 0, 0], [6, 6, 1]])  # last row repeats an item
+    flen = torch.tensor([3, 2, 1, 3])
+    got = soft_label_loss(logits, future, flen, gamma=0.3)
+    logp = torch.log_softmax(logits[:, 1:], dim=1)  # padding column excluded from the softmax
+    want = 0.0
+    for b in range(4):
+        ws = [0.3**k for k in range(int(flen[b]))]
+        z = sum(ws)
+        want += -sum(w / z * logp[b, int(future[b, k]) - 1] for k, w in enumerate(ws))
+    assert got.item() == pytest.approx(float(want) / 4, abs=1e-6)
+    # soft=False is plain cross-entropy on the target
+    hard = soft_label_loss(logits, future, flen, gamma=0.3, soft=False)
+    assert hard.item() == pytest.approx(F.cross_entropy(logits[:, 1:], future[:, 0] - 1).item(), abs=1e-6)
+
+
+def test_shaping_formulas():
+    s = torch.tensor([-3.0, 0.0, 2.0, 10.0])
+    sh = Shaping(True, tau=8.0, margin=0.2)
+    assert torch.allclose(sh.positive(s), s * torch.tanh(s / 8))
+    assert torch.allclose(sh.negative(s), s * (torch.tanh(s / 8) + 0.2))
+    off = Shaping(False)
+    assert torch.equal(off.positive(s), s) and torch.equal(off.negative(s), s)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.2, 0.4, 0.9, "random"])
+def test_hard_negatives_closed_form_equals_explicit(lam):
+    g = torch.Generator().manual_seed(1)
+    z = (torch.randn(10, 16, generator=g) * 3).double().requires_grad_(True)
+    lam_v = sample_lam((10, 10), 0.1, 0.7, g).double() if lam == "random" else lam
+    closed = hard_negative_logits(z, z, lam_v)
+    h = explicit_hard_negatives(z, z, lam_v)  # [N, N, d], detached
+    explicit = torch.einsum("ad,and->an", z, h)
+    assert torch.allclose(closed, explicit, atol=1e-5)
+    # Norm is kept: |h_an| = |z_n|
+    assert torch.allclose(h.norm(dim=2), z.detach().norm(dim=1)[None, :].expand(10, 10), atol=1e-6)
+    # Gradients: h is detached, so d/dz_a of sum(c * h.z_a) = sum_n c_an h_an
+    c = torch.randn(10, 10, generator=g).double()
+    (g_closed,) = torch.autograd.grad((c * closed).sum(), z)
+    (g_explicit,) = torch.autograd.grad((c * torch.einsum("ad,and->an", z, h)).sum(), z)
+    assert torch.allclose(g_closed, g_explicit, atol=1e-5)
+
+
+def test_weighted_info_nce_equals_reference_division_form_and_stays_finite():
+    g = torch.Generator().manual_seed(2)
+    pos = torch.randn(5, generator=g)
+    neg = torch.randn(5, 7, generator=g)
+    hard = torch.randn(5, 7, generator=g)
+    noise = torch.randn(5, 3, generator=g)
+    mask = torch.zeros(5, 7, dtype=torch.bool)
+    mask[0, 1] = mask[3, 4] = True
+    w = 0.1
+    got = weighted_info_nce(pos, [NegativeBlock(neg, 1.0, mask), NegativeBlock(noise), NegativeBlock(hard, w, mask)],
+                            Shaping(False))
+    e = torch.exp
+    den = e(pos) + (e(neg) * ~mask).sum(1) + e(noise).sum(1) + w * (e(hard) * ~mask).sum(1)
+    want = (-torch.log(e(pos) / den)).mean()
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    # Large logits: the division form overflows, the log-space form does not.
+    big = [NegativeBlock(neg * 200, 1.0, mask), NegativeBlock(hard * 200, w, mask)]
+    ref = (-torch.log(e(pos * 200) / (e(pos * 200) + (e(neg * 200) * ~mask).sum(1) + w * (e(hard * 200) * ~mask).sum(1)))).mean()
+    assert not torch.isfinite(ref)
+    assert torch.isfinite(weighted_info_nce(pos * 200, big, Shaping(False)))
+
+
+def test_contrast_mask_excludes_exactly_same_group_self_and_positive():
+    v1 = torch.randn(4, 3)
+    v2 = torch.randn(4, 3)
+    groups = torch.tensor([7, 8, 7, 9])
+    cb = make_contrast_batch(v1, v2, groups, 1.0)
+    g = [7, 8, 7, 9, 7, 8, 7, 9]
+    for i in range(8):
+        for j in range(8):
+            assert bool(cb.mask[i, j]) == (g[i] == g[j]), (i, j)
+    pos = cb.positives
+    assert torch.allclose(pos[:4], (v1 * v2).sum(1)) and torch.allclose(pos[4:], (v1 * v2).sum(1))
+
+
+def _icsrec_info_nce(z1, z2, groups):
+    """ICSRec's info_nce with false-negative masking, written out plainly."""
+    z = torch.cat([z1, z2])
+    n = z.shape[0]
+    b = n // 2
+    sim = z @ z.t()
+    pos = torch.cat([torch.diag(sim, b), torch.diag(sim, -b)])[:, None]
+    g = torch.cat([groups, groups])
+    neg = sim.masked_fill(g[:, None] == g[None, :], float("-inf"))
+    logits = torch.cat([pos, neg], dim=1)
+    return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long))
+
+
+def test_fenrec_loss_before_warmup_is_rec_plus_plain_intent_contrast():
+    torch.manual_seed(3)
+    b, d, items = 6, 8, 20
+    z1, z2 = torch.randn(b, d), torch.randn(b, d)
+    emb = torch.randn(items + 1, d)
+    target = torch.tensor([1, 2, 1, 3, 4, 5])
+    future = torch.stack([target, target + 1, target + 2], 1)
+    flen = torch.tensor([3, 3, 2, 1, 3, 2])
+    intents = IntentClusters.fit(torch.randn(64, d).numpy(), 4, seed=0)
+    lc = LossConfig(gamma=0.2, lambda_coarse=0.3, beta_fine=0.1)
+    loss = FENRecLoss(lc, NegativesConfig(warmup_epochs=5))
+    parts = loss(z1, z2, emb, target, future, flen, epoch=0, intents=intents, generator=torch.Generator().manual_seed(0))
+    rec = soft_label_loss(z1 @ emb.t(), future, flen, 0.2)
+    coarse = _icsrec_info_nce(z1, z2, target)
+    fine = 0.0
+    for v in (z1, z2):
+        ids, c = intents.assign(v)
+        fine = fine + _icsrec_info_nce(v, c, ids)
+    assert parts.rec.item() == pytest.approx(rec.item(), abs=1e-5)
+    assert parts.coarse.item() == pytest.approx(coarse.item(), abs=1e-5)
+    assert parts.fine.item() == pytest.approx(float(fine), abs=1e-5)
+    assert parts.total.item() == pytest.approx(rec.item() + 0.3 * coarse.item() + 0.1 * float(fine), abs=1e-5)
+
+
+def test_fenrec_loss_after_warmup_matches_explicit_construction():
+    torch.manual_seed(4)
+    b, d = 5, 6
+    z1, z2 = torch.randn(b, d) * 2, torch.randn(b, d) * 2
+    emb = torch.randn(11, d)
+    target = torch.tensor([1, 2, 1, 3, 4])
+    future = target[:, None]
+    flen = torch.ones(b, dtype=torch.long)
+    neg_cfg = NegativesConfig(warmup_epochs=0, sources=["in_batch", "hard"], hard_weight=0.1, lam_min=0.4,
+                              lam_max=0.4, tau=8.0, margin=0.2)
+    loss = FENRecLoss(LossConfig(lambda_coarse=1.0, beta_fine=0.0), neg_cfg)
+    parts = loss(z1, z2, emb, target, future, flen, epoch=0, intents=None, generator=torch.Generator())
+    z = torch.cat([z1, z2])
+    g = torch.cat([target, target])
+    mask = g[:, None] == g[None, :]
+    h = explicit_hard_negatives(z, z, 0.4)
+    sim = z @ z.t()
+    hard = torch.einsum("ad,and->an", z, h)
+    idx = torch.arange(2 * b)
+    pos = sim[idx, (idx + b) % (2 * b)]
+    sp = pos * torch.tanh(pos / 8)
+    sn = lambda s: s * (torch.tanh(s / 8) + 0.2)  # noqa: E731
+    den = torch.exp(sp) + (torch.exp(sn(sim)) * ~mask).sum(1) + 0.1 * (torch.exp(sn(hard)) * ~mask).sum(1)
+    want = (-(sp - torch.log(den))).mean()
+    assert parts.coarse.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_noise_nudge_ascends_the_loss():
+    torch.manual_seed(5)
+    z = torch.randn(8, 4)
+    noise = torch.randn(6, 4)
+    cb = make_contrast_batch(z[:4], z[4:], torch.arange(4), 1.0)
+
+    def loss_fn(x):
+        return weighted_info_nce(cb.positives, [NegativeBlock(cb.sims, 1.0, cb.mask), NegativeBlock(cb.z @ x.t())],
+                                 Shaping(False))
+
+    moved = nudge_noise(noise, loss_fn, steps=4, step_size=0.05)
+    assert not moved.requires_grad
+    assert torch.allclose((moved - noise).norm(dim=1), torch.full((6,), 0.2), atol=0.05)
+    assert loss_fn(moved) > loss_fn(noise)
+
+
+def test_hard_negative_path_is_finite_from_a_fresh_model_scale():
+    torch.manual_seed(6)
+    z1, z2 = torch.randn(64, 64) * 8, torch.randn(64, 64) * 8  # LayerNorm outputs have |z| ~ 8
+    target = torch.randint(1, 30, (64,))
+    neg_cfg = NegativesConfig(warmup_epochs=0, noise_ratio=2.0)
+    loss = FENRecLoss(LossConfig(), neg_cfg)
+    intents = IntentClusters.fit((torch.randn(300, 64) * 8).numpy(), 16, seed=0)
+    parts = loss(z1.requires_grad_(), z2, torch.randn(31, 64), target, target[:, None], torch.ones(64, dtype=torch.long),
+                 epoch=0, intents=intents, generator=torch.Generator().manual_seed(0))
+    assert all(math.isfinite(v) for v in parts.as_floats().values())
+    parts.total.backward()
+    assert torch.isfinite(z1.grad).all()

@@ -1,0 +1,106 @@
+"""Encoders and the exact speed-ups: same outputs as the plain computation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from fenrec_dist.config import ModelConfig
+from fenrec_dist.model import GRU4Rec, SASRec, build_encoder
+from fenrec_dist.model.base import trim_left_padding
+from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
+
+
+def _batch(lengths, max_len=12, items=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), max_len, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, max_len - n :] = torch.randint(1, items + 1, (n,), generator=g)
+    return ids
+
+
+def test_trim_left_padding_keeps_absolute_offset():
+    ids = _batch([2, 5, 3])
+    cut, off = trim_left_padding(ids)
+    assert off == 12 - 5 and cut.shape == (3, 5)
+    assert torch.equal(cut, ids[:, 7:])
+
+
+@pytest.mark.parametrize("trim,last", [(True, False), (False, True), (True, True)])
+def test_sasrec_speedups_equal_plain_computation(trim, last):
+    cfg = ModelConfig(hidden=16, heads=2, layers=2, trim_padding=trim, last_position_only=last)
+    torch.manual_seed(0)
+    fast = SASRec(cfg, num_items=30, max_len=12).eval()
+    plain_cfg = dataclasses.replace(cfg, trim_padding=False, last_position_only=False)
+    plain = SASRec(plain_cfg, num_items=30, max_len=12).eval()
+    plain.load_state_dict(fast.state_dict())
+    ids = _batch([1, 4, 7, 12, 3])
+    with torch.no_grad():
+        ref = plain.sequence_output(ids)[:, -1]
+        assert torch.allclose(plain(ids), ref, atol=1e-6)
+        assert torch.allclose(fast(ids), ref, atol=1e-5)
+
+
+def test_sasrec_output_ignores_padding_content_and_batchmates():
+    torch.manual_seed(1)
+    m = SASRec(ModelConfig(hidden=16, heads=2), num_items=30, max_len=12).eval()
+    ids = _batch([3, 9])
+    with torch.no_grad():
+        together = m(ids)
+        alone = m(ids[:1])  # trimmed to length 3 on its own
+    assert torch.allclose(together[0], alone[0], atol=1e-5)
+
+
+def test_sasrec_init_and_shapes():
+    torch.manual_seed(2)
+    m = SASRec(ModelConfig(hidden=64, heads=2, init_std=0.02), num_items=500, max_len=50)
+    w = m.item_emb.weight.detach()
+    assert w.shape == (501, 64)
+    assert abs(float(w.std()) - 0.02) < 0.002
+    assert m(_batch([3, 5], max_len=50, items=500)).shape == (2, 64)
+
+
+def test_gru4rec_same_interface_and_padding_invariance():
+    torch.manual_seed(3)
+    m = build_encoder(ModelConfig(encoder="gru4rec", hidden=16, layers=1), num_items=30, max_len=12).eval()
+    assert isinstance(m, GRU4Rec)
+    ids = _batch([2, 6])
+    with torch.no_grad():
+        out = m(ids)
+        alone = m(ids[:1, -2:])
+    assert out.shape == (2, 16)
+    assert torch.allclose(out[0], alone[0], atol=1e-6)
+    assert m.scores(out).shape == (2, 31)
+
+
+def test_epoch_batches_cover_every_sample_once_and_vary_by_epoch():
+    lengths = np.random.default_rng(0).integers(1, 50, size=1000)
+    b0 = epoch_batches(lengths, 64, epoch_rng(7, 0), grouping=True, window_batches=4)
+    b0again = epoch_batches(lengths, 64, epoch_rng(7, 0), grouping=True, window_batches=4)
+    b1 = epoch_batches(lengths, 64, epoch_rng(7, 1), grouping=True, window_batches=4)
+    flat = np.concatenate(b0)
+    assert sorted(flat.tolist()) == list(range(1000))
+    assert all(np.array_equal(x, y) for x, y in zip(b0, b0again))
+    assert not np.array_equal(np.concatenate(b1), flat)
+    padded_grouped = sum(len(b) * lengths[b].max() for b in b0)
+    plain = epoch_batches(lengths, 64, epoch_rng(7, 0), grouping=False)
+    assert sorted(np.concatenate(plain).tolist()) == list(range(1000))
+    padded_plain = sum(len(b) * lengths[b].max() for b in plain)
+    assert padded_grouped < 0.75 * padded_plain
+
+
+def test_partner_draws_share_the_target_and_avoid_self():
+    target = np.array([5, 3, 5, 5, 2, 3, 9])
+    idx = PartnerIndex.build(target, num_items=10)
+    rng = np.random.default_rng(0)
+    anchors = np.arange(7)
+    seen = {i: set() for i in anchors}
+    for _ in range(200):
+        p = idx.draw(anchors, target, rng)
+        assert np.array_equal(target[p], target)
+        for a, q in zip(anchors, p):
+            seen[a].add(int(q))
+    assert seen[0] == {2, 3} and seen[1] == {5} and seen[4] == {4} and seen[6] == {6}
