@@ -28,10 +28,15 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LossParts:
+    """The loss terms of a batch; ``objective`` is what to back-propagate (equal to
+    ``total`` in one process; with gathered negatives the contrastive part is scaled by
+    the world size so that averaged gradients equal the one-process gradient)."""
+
     total: torch.Tensor
     rec: torch.Tensor
     coarse: torch.Tensor
     fine: torch.Tensor
+    objective: torch.Tensor | None = None
 
     def as_floats(self) -> dict[str, float]:
         return {k: float(getattr(self, k).detach()) for k in ("total", "rec", "coarse", "fine")}
@@ -45,12 +50,17 @@ class FENRecLoss:
         neg_cfg: warm-up, negative sources and shaping.
         gather: maps a local tensor [B, ...] to the global batch [W*B, ...] across
             workers (identity in one process); gradients must flow to the local part.
+        world_size: W. Each rank computes the global contrastive loss but back-propagates
+            only into its own rows, and data-parallel training averages gradients over
+            ranks, so the contrastive part of ``objective`` is multiplied by W.
     """
 
-    def __init__(self, loss_cfg: LossConfig, neg_cfg: NegativesConfig, gather: Gather = _identity) -> None:
+    def __init__(self, loss_cfg: LossConfig, neg_cfg: NegativesConfig, gather: Gather = _identity,
+                 world_size: int = 1) -> None:
         self.loss_cfg = loss_cfg
         self.neg_cfg = neg_cfg
         self.gather = gather
+        self.world_size = world_size
 
     def after_warmup(self, epoch: int) -> bool:
         return epoch >= self.neg_cfg.warmup_epochs
@@ -88,7 +98,7 @@ class FENRecLoss:
         zero = rec.new_zeros(())
         coarse = fine = zero
         if cfg.lambda_coarse <= 0 and (cfg.beta_fine <= 0 or intents is None):
-            return LossParts(rec, rec, zero, zero)
+            return LossParts(rec, rec, zero, zero, rec)
 
         g1, g2, gt = self.gather(z1), self.gather(z2), self.gather(target)
         shaping = self.shaping(epoch)
@@ -110,5 +120,7 @@ class FENRecLoss:
                 ids, cents = intents.assign(view)
                 fb = make_contrast_batch(view, cents, ids, cfg.temperature)
                 fine = fine + contrast_loss(fb, blocks(fb), shaping)
-        total = rec + cfg.lambda_coarse * coarse + cfg.beta_fine * fine
-        return LossParts(total, rec, coarse, fine)
+        contrast = cfg.lambda_coarse * coarse + cfg.beta_fine * fine
+        total = rec + contrast
+        objective = total if self.world_size == 1 else rec + self.world_size * contrast
+        return LossParts(total, rec, coarse, fine, objective)

@@ -49,9 +49,10 @@ class EpochResult:
         return self.samples / max(self.seconds, 1e-9)
 
 
-def step_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
-    """CPU generator for the epoch's lam and noise draws."""
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch * 101 + rank)
+def step_generator(seed: int, epoch: int) -> torch.Generator:
+    """CPU generator for the epoch's lam and noise draws: identical on every rank, since
+    they act on the gathered global batch."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch * 101)
 
 
 def train_epoch(
@@ -89,7 +90,7 @@ def train_epoch(
         net.train()  # type: ignore[union-attr]
     encoder.train()
     rng = epoch_rng(seed, epoch, 1000 + rank)
-    gen = step_generator(seed, epoch, rank)
+    gen = step_generator(seed, epoch)
     sums: dict[str, float] = {}
     n_batches = 0
     samples = 0
@@ -114,7 +115,7 @@ def train_epoch(
         )
         if not torch.isfinite(parts.total):
             raise FloatingPointError(f"non-finite loss at epoch {epoch}, batch {n_batches}: {parts.as_floats()}")
-        step(parts.total)
+        step(parts.objective if parts.objective is not None else parts.total)
         for k, v in parts.as_floats().items():
             sums[k] = sums.get(k, 0.0) + v
         n_batches += 1

@@ -1,0 +1,369 @@
+"""Streaming readers of interaction data.
+
+Every reader yields ``pyarrow.Table`` chunks with exactly these columns:
+
+    user: int64 or string   raw user id
+    item: int64 or string   raw item id
+    time: int64 or float64  ordering key within a user (sequence text: the line number)
+    row:  int64             global row index in input order (stable tie-break)
+
+so that the rest of the pipeline never depends on the input format. No reader holds more
+than one chunk (about ``chunk_rows`` interactions) in memory.
+
+Formats (``detect_format`` picks one from the file name):
+
+- ``seq``: text, one user a line, ``user item item ...`` in time order, integer ids.
+  Blank lines are skipped (counted as ``blank_lines``); a line with a user id but no item
+  is an error, as is a non-integer id (the message names line and field), an item id
+  below 1 (0 is the padding id) or above 2**31-1, and a negative user id.
+- ``csv`` / ``tsv``: a header line and the columns ``user_col``, ``item_col`` and
+  ``time_col`` (others are ignored); ids are read as strings; the time column must be
+  numeric or a timestamp. ``.gz`` compressed files are read as well.
+- ``parquet``: the same columns; ids may be integers or strings.
+- ``amazon-json``: JSON lines, plain or gzip, one review a line with ``reviewerID``,
+  ``asin`` and ``unixReviewTime`` (or the given column names when they are not the
+  defaults ``user``/``item``/``timestamp``).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from fenrec_dist.data.errors import DataError, at_column, at_line
+
+FORMATS = ("seq", "csv", "tsv", "parquet", "amazon-json")
+LOG_FORMATS = ("csv", "tsv", "parquet", "amazon-json")
+DEFAULT_CHUNK_ROWS = 1 << 20
+MAX_ITEM_ID = 2**31 - 1
+AMAZON_FIELDS = {"user": "reviewerID", "item": "asin", "timestamp": "unixReviewTime"}
+
+CHUNK_COLUMNS = ("user", "item", "time", "row")
+
+
+@dataclass
+class ReadStats:
+    """Counters filled while reading: ``rows`` read, ``blank_lines`` skipped."""
+
+    rows: int = 0
+    blank_lines: int = 0
+
+
+def detect_format(path: str | Path) -> str:
+    """Format name from the file name: .txt -> seq, .csv[.gz], .tsv[.gz], .parquet/.pq,
+    .json/.jsonl[.gz] -> amazon-json."""
+    name = Path(path).name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    for suffixes, fmt in (
+        ((".txt",), "seq"),
+        ((".csv",), "csv"),
+        ((".tsv",), "tsv"),
+        ((".parquet", ".pq"), "parquet"),
+        ((".json", ".jsonl"), "amazon-json"),
+    ):
+        if name.endswith(suffixes):
+            return fmt
+    raise DataError(f"{path}: cannot detect the format from the file name; pass fmt= one of {list(FORMATS)}")
+
+
+def iter_chunks(
+    path: str | Path,
+    fmt: str,
+    *,
+    user_col: str = "user",
+    item_col: str = "item",
+    time_col: str = "timestamp",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    stats: ReadStats | None = None,
+) -> Iterator[pa.Table]:
+    """Yield normalised chunks (see the module doc) of the file ``path`` in format ``fmt``."""
+    path = Path(path)
+    stats = stats if stats is not None else ReadStats()
+    if fmt == "seq":
+        it = _iter_seq(path, chunk_rows, stats)
+    elif fmt in ("csv", "tsv"):
+        it = _iter_csv(path, "," if fmt == "csv" else "\t", (user_col, item_col, time_col), chunk_rows, stats)
+    elif fmt == "parquet":
+        it = _iter_parquet(path, (user_col, item_col, time_col), chunk_rows, stats)
+    elif fmt == "amazon-json":
+        cols = tuple(AMAZON_FIELDS.get(c, c) if c == d else c
+                     for c, d in zip((user_col, item_col, time_col), AMAZON_FIELDS))
+        it = _iter_json(path, cols, chunk_rows, stats)
+    else:
+        raise DataError(f"{path}: unknown format {fmt!r} (known: {list(FORMATS)})")
+    yield from it
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+# --------------------------------------------------------------------------- sequence text
+
+
+def _ints(tokens: list[str]) -> np.ndarray | None:
+    """int64 array of decimal tokens, or None if one of them is not an integer."""
+    try:
+        return np.array([int(t) for t in tokens], dtype=np.int64)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _seq_chunk(path: Path, users: list[str], counts: list[int], lines: list[int], toks: list[str],
+               row0: int) -> pa.Table:
+    u = _ints(users)
+    it = _ints(toks)
+    if u is None or it is None:
+        ends = np.cumsum(counts)
+        for k, (tok_u, ln) in enumerate(zip(users, lines)):
+            if _ints([tok_u]) is None:
+                raise at_line(path, ln, f"field 1: user id {tok_u!r} is not an integer")
+            lo = ends[k] - counts[k]
+            for j, tok in enumerate(toks[lo:ends[k]]):
+                if _ints([tok]) is None:
+                    raise at_line(path, ln, f"field {j + 2}: item id {tok!r} is not an integer")
+        raise AssertionError("unreachable")  # pragma: no cover
+    cnt = np.asarray(counts, dtype=np.int64)
+    if (u < 0).any():
+        k = int(np.flatnonzero(u < 0)[0])
+        raise at_line(path, lines[k], f"field 1: negative user id {users[k]}")
+    bad = (it < 1) | (it > MAX_ITEM_ID)
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        k = int(np.searchsorted(np.cumsum(cnt), j, side="right"))
+        field = j - int(np.cumsum(cnt)[k] - cnt[k]) + 2
+        raise at_line(path, lines[k], f"field {field}: item id {int(it[j])} outside 1..{MAX_ITEM_ID} (0 is padding)")
+    n = len(it)
+    return pa.table({
+        "user": pa.array(np.repeat(u, cnt)),
+        "item": pa.array(it),
+        "time": pa.array(np.repeat(np.asarray(lines, dtype=np.int64), cnt)),
+        "row": pa.array(np.arange(row0, row0 + n, dtype=np.int64)),
+    })
+
+
+def _iter_seq(path: Path, chunk_rows: int, stats: ReadStats) -> Iterator[pa.Table]:
+    users: list[str] = []
+    counts: list[int] = []
+    lines: list[int] = []
+    toks: list[str] = []
+    lineno = 0
+    try:
+        with open(path, "rb") as raw:
+            f = gzip.open(raw) if raw.read(2) == b"\x1f\x8b" else raw
+            raw.seek(0)
+            text = io.TextIOWrapper(f, encoding="utf-8")
+            for lineno, line in enumerate(text, 1):
+                parts = line.split()
+                if not parts:
+                    stats.blank_lines += 1
+                    continue
+                if len(parts) < 2:
+                    raise at_line(path, lineno, f"user {parts[0]!r} has no items (expected 'user item item ...')")
+                users.append(parts[0])
+                counts.append(len(parts) - 1)
+                lines.append(lineno)
+                toks.extend(parts[1:])
+                if len(toks) >= chunk_rows:
+                    yield _seq_chunk(path, users, counts, lines, toks, stats.rows)
+                    stats.rows += len(toks)
+                    users, counts, lines, toks = [], [], [], []
+    except UnicodeDecodeError as exc:
+        raise at_line(path, lineno + 1, f"not UTF-8 text: {exc}") from exc
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise at_line(path, lineno + 1, f"corrupt or truncated gzip data: {exc}") from exc
+    if toks:
+        yield _seq_chunk(path, users, counts, lines, toks, stats.rows)
+        stats.rows += len(toks)
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def _normalise(path: Path, table: pa.Table | pa.RecordBatch, cols: tuple[str, str, str], row0: int) -> pa.Table:
+    """Rename to user/item/time, check types and nulls, add the row column."""
+    out = {}
+    for name, col in zip(("user", "item"), cols[:2]):
+        arr = table.column(col)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.dictionary_decode()
+        if pa.types.is_integer(arr.type):
+            arr = arr.cast(pa.int64())
+        elif pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            arr = arr.cast(pa.string())
+        else:
+            raise at_column(path, col, f"ids must be integers or strings, got {arr.type}")
+        if arr.null_count:
+            raise at_column(path, col, f"{arr.null_count} missing (null) ids")
+        out[name] = arr
+    tcol = cols[2]
+    t = table.column(tcol)
+    if isinstance(t, pa.ChunkedArray):
+        t = t.combine_chunks()
+    if pa.types.is_integer(t.type) or pa.types.is_boolean(t.type):
+        t = t.cast(pa.int64())
+    elif pa.types.is_floating(t.type) or pa.types.is_decimal(t.type):
+        t = t.cast(pa.float64())
+    elif pa.types.is_timestamp(t.type):
+        t = t.cast(pa.int64())
+    elif pa.types.is_date(t.type):
+        t = t.cast(pa.date32()).cast(pa.int32()).cast(pa.int64())
+    else:
+        raise at_column(path, tcol, f"time values must be numeric or timestamps, got {t.type}")
+    if t.null_count:
+        raise at_column(path, tcol, f"{t.null_count} missing (null) time values")
+    out["time"] = t
+    out["row"] = pa.array(np.arange(row0, row0 + len(t), dtype=np.int64))
+    return pa.table(out)
+
+
+def _check_columns(path: Path, present: list[str], cols: tuple[str, str, str]) -> None:
+    if len(set(cols)) != 3:
+        raise DataError(f"{path}: user, item and time columns must differ, got {list(cols)}")
+    for c in cols:
+        if c not in present:
+            raise at_column(path, c, f"missing (columns present: {present})")
+
+
+def _csv_header(path: Path, delimiter: str) -> list[str]:
+    try:
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            f = gzip.open(raw) if gz else raw
+            first = io.TextIOWrapper(f, encoding="utf-8").readline()
+    except (UnicodeDecodeError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise at_line(path, 1, f"cannot read the header: {exc}") from exc
+    if not first.strip():
+        raise at_line(path, 1, "empty input: no header line (no users)")
+    return next(csv.reader([first], delimiter=delimiter))
+
+
+def _iter_csv(path: Path, delimiter: str, cols: tuple[str, str, str], chunk_rows: int,
+              stats: ReadStats) -> Iterator[pa.Table]:
+    header = _csv_header(path, delimiter)
+    _check_columns(path, header, cols)
+    block = int(min(max(chunk_rows * 32, 1 << 16), 1 << 26))
+    try:
+        stream = pa.input_stream(str(path), compression="gzip" if _is_gzip(path) else None)
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(block_size=block),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(cols),
+                column_types={cols[0]: pa.string(), cols[1]: pa.string()},
+                strings_can_be_null=False,
+            ),
+        )
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            yield _normalise(path, batch, cols, stats.rows)
+            stats.rows += batch.num_rows
+    except (pa.ArrowInvalid, OSError, EOFError) as exc:
+        raise DataError(f"{path}: near data row {stats.rows + 1}: {exc}") from exc
+
+
+def _iter_parquet(path: Path, cols: tuple[str, str, str], chunk_rows: int, stats: ReadStats) -> Iterator[pa.Table]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
+    _check_columns(path, pf.schema_arrow.names, cols)
+    try:
+        for batch in pf.iter_batches(batch_size=chunk_rows, columns=list(cols)):
+            if batch.num_rows == 0:
+                continue
+            yield _normalise(path, batch, cols, stats.rows)
+            stats.rows += batch.num_rows
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: near row {stats.rows + 1}: {exc}") from exc
+
+
+def _iter_json(path: Path, cols: tuple[str, str, str], chunk_rows: int, stats: ReadStats) -> Iterator[pa.Table]:
+    uc, ic, tc = cols
+    users: list[str] = []
+    items: list[str] = []
+    times: list[int] = []
+    lineno = 0
+
+    def flush() -> pa.Table:
+        t = pa.table({
+            "user": pa.array(users, pa.string()),
+            "item": pa.array(items, pa.string()),
+            "time": pa.array(times, pa.int64()),
+            "row": pa.array(np.arange(stats.rows, stats.rows + len(users), dtype=np.int64)),
+        })
+        stats.rows += len(users)
+        return t
+
+    try:
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            f = gzip.open(raw) if gz else raw
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    stats.blank_lines += 1
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError as exc:
+                    raise at_line(path, lineno, f"invalid JSON: {exc}") from exc
+                if not isinstance(rec, dict):
+                    raise at_line(path, lineno, "expected a JSON object")
+                for c in cols:
+                    if rec.get(c) is None:
+                        raise at_line(path, lineno, f"missing field {c!r}")
+                try:
+                    t = int(rec[tc])
+                except (TypeError, ValueError) as exc:
+                    raise at_line(path, lineno, f"field {tc!r}: {rec[tc]!r} is not a number") from exc
+                users.append(str(rec[uc]))
+                items.append(str(rec[ic]))
+                times.append(t)
+                if len(users) >= chunk_rows:
+                    yield flush()
+                    users, items, times = [], [], []
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise at_line(path, lineno + 1, f"corrupt or truncated gzip data: {exc}") from exc
+    except OSError as exc:
+        raise at_line(path, lineno + 1, f"read error: {exc}") from exc
+    if users:
+        yield flush()
+
+
+def hash_partition(user: pa.Array, num_partitions: int) -> np.ndarray:
+    """Partition id in [0, num_partitions) of every raw user id, deterministic across runs.
+
+    int64 ids: Fibonacci hashing; strings: pandas' keyed hash of the chunk's dictionary.
+    """
+    if num_partitions == 1:
+        return np.zeros(len(user), dtype=np.int64)
+    if pa.types.is_integer(user.type):
+        u = user.to_numpy(zero_copy_only=False).astype(np.uint64)
+        h = (u * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+        return (h % np.uint64(num_partitions)).astype(np.int64)
+    import pandas as pd
+
+    enc = pc.dictionary_encode(user)
+    vals = enc.dictionary.to_numpy(zero_copy_only=False)
+    h = pd.util.hash_array(vals.astype(object)) % np.uint64(num_partitions)
+    return h.astype(np.int64)[enc.indices.to_numpy(zero_copy_only=False)]

@@ -1,0 +1,1 @@
+"""Distributed training: Ray Train driver, DeepSpeed workers, collectives."""

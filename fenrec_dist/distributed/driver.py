@@ -1,0 +1,134 @@
+"""The driver: builds and fits the Ray Train TorchTrainer (``fenrec train``, ``ray_job.py``).
+
+With no cluster address an embedded local Ray is started, sized so that the workers
+plus Ray Data's read tasks always find a CPU (ENVIRONMENT.md: 2 workers at 1 CPU on
+``num_cpus=2`` deadlock). With ``RAY_ADDRESS`` or ``--address`` it joins that cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from fenrec_dist.config import Config, dump_yaml, to_dict
+from fenrec_dist.train.checkpoint import atomic_write_json, atomic_write_text
+from fenrec_dist.train.report import MetricsLog, plot_curves, progress_line
+
+
+def worker_env() -> dict[str, str]:
+    """Environment the workers need (DeepSpeed on CPU, its op cache, quiet Ray)."""
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    for k in ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "OMP_NUM_THREADS"):
+        if os.environ.get(k):
+            env[k] = os.environ[k]
+    return env
+
+
+def local_num_cpus(cfg: Config) -> int:
+    """Logical CPUs for an embedded Ray: the workers' share plus room for Ray Data tasks."""
+    return int(math.ceil(cfg.distributed.num_workers * cfg.distributed.cpus_per_worker)) + 2
+
+
+def init_ray(cfg: Config, address: str | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": worker_env()}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        if not cfg.distributed.use_gpu:
+            runtime_env["env_vars"].setdefault("DS_ACCELERATOR", "cpu")
+        ray.init(address="local", num_cpus=local_num_cpus(cfg), object_store_memory=256 * 1024 * 1024,
+                 runtime_env=runtime_env, log_to_driver=True)
+
+
+def train_files(data_path: str) -> list[str]:
+    from fenrec_dist.data.dataset import read_manifest
+
+    m = read_manifest(data_path)
+    return [str(Path(data_path) / s["file"]) for s in m["shards"]]
+
+
+def resolve_run(cfg: Config, run_dir: str | Path | None) -> tuple[Path, str, str]:
+    """(local run directory, Ray run name, Ray storage path).
+
+    ``run_dir`` (``--out``) wins; else ``distributed.storage_path``/``distributed.name``
+    (name derived from the data path and time when empty).
+    """
+    if run_dir is not None:
+        run_dir = Path(run_dir).resolve()
+        return run_dir, run_dir.name, str(run_dir.parent)
+    name = cfg.distributed.name or f"{Path(cfg.data.path).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = cfg.distributed.storage_path or str(Path("runs").resolve())
+    local = Path(storage) / name if "://" not in storage else Path("runs").resolve() / name
+    return local, name, storage
+
+
+def make_callback(run_dir: Path, cfg: Config):  # type: ignore[no-untyped-def]
+    from ray.train import UserCallback
+
+    class ProgressCallback(UserCallback):
+        """Driver-side progress line, metrics.jsonl and TensorBoard events per reported epoch."""
+
+        def __init__(self) -> None:
+            self.log: MetricsLog | None = None
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            rec = metrics[0] if metrics else {}
+            if not rec or rec.get("final"):
+                return
+            if self.log is None:
+                self.log = MetricsLog(run_dir)
+                self.log.truncate(int(rec["epoch"]))
+            self.log.write(rec)
+            print(progress_line(rec, cfg.train.epochs, cfg.eval.metric), flush=True)
+
+    return ProgressCallback()
+
+
+def run_distributed(cfg: Config, run_dir: str | Path | None = None, address: str | None = None,
+                    log=print) -> dict[str, Any]:
+    """Fit the TorchTrainer; returns final.json's content (best epoch, valid, test)."""
+    import ray
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from fenrec_dist.distributed.worker import train_fn_per_worker
+
+    local_dir, name, storage = resolve_run(cfg, run_dir)
+    if Path(cfg.data.path).exists():
+        cfg.data.path = str(Path(cfg.data.path).resolve())
+    local_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(local_dir / "config.yaml", dump_yaml(cfg))
+    t0 = time.perf_counter()
+    init_ray(cfg, address)
+    t_ray = time.perf_counter() - t0
+    ds = ray.data.read_parquet(train_files(cfg.data.path))
+    scaling = ScalingConfig(num_workers=cfg.distributed.num_workers, use_gpu=cfg.distributed.use_gpu,
+                            resources_per_worker={"CPU": cfg.distributed.cpus_per_worker})
+    run_config = RunConfig(
+        name=name, storage_path=storage,
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.distributed.keep_checkpoints),
+        failure_config=FailureConfig(max_failures=cfg.distributed.max_failures),
+        callbacks=[make_callback(local_dir, cfg)],
+    )
+    trainer = TorchTrainer(train_fn_per_worker, train_loop_config={"cfg": to_dict(cfg)},
+                           scaling_config=scaling, run_config=run_config, datasets={"train": ds})
+    log(f"ray up in {t_ray:.1f}s; training {cfg.distributed.num_workers} worker(s) -> {storage}/{name}")
+    result = trainer.fit()
+    metrics = result.metrics or {}
+    if not metrics.get("final"):
+        raise RuntimeError(f"training ended without final metrics (error: {result.error})")
+    final = {"best_epoch": int(metrics["best_epoch"]), "valid": metrics["valid"], "test": metrics["test"],
+             "epochs_run": int(metrics.get("epochs_run", 0)), "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}
+    atomic_write_json(local_dir / "final.json", final)
+    plot_curves(local_dir, cfg.eval.metric)
+    log("test  " + " ".join(f"{k}={v:.4f}" for k, v in final["test"].items()) + f"  (best epoch {final['best_epoch']})")
+    return final

@@ -1,0 +1,187 @@
+"""The per-worker training function that Ray Train runs on every rank.
+
+It is the single-process epoch (fenrec_dist.train.loop) with three changes passed in
+as arguments: representations are all-gathered so negatives are global, k-means runs
+once on every rank's representations, and metric sums are all-reduced. State is
+checkpointed through ``ray.train.report`` every epoch and restored at the top.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from fenrec_dist.config import Config, config_from_dict
+from fenrec_dist.data.dataset import PreparedData, SampleTable, load_prepared, table_to_samples
+from fenrec_dist.distributed import collectives as C
+from fenrec_dist.intents import IntentClusters
+from fenrec_dist.losses.fenrec import FENRecLoss
+from fenrec_dist.metrics import finalize
+from fenrec_dist.model import build_encoder
+from fenrec_dist.model.base import SequenceEncoder
+from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
+from fenrec_dist.train.checkpoint import load_state, rng_state, save_state, set_rng_state
+from fenrec_dist.train.early_stopping import EarlyStopping
+from fenrec_dist.train.loop import embed, evaluate_sums, torch_step, train_epoch
+
+STATE_TAG = "state"
+
+
+def materialize_shard(shard: Any, max_len: int, horizon: int) -> SampleTable:
+    """This worker's rows from Ray Data, in sample-id order (so epoch plans are reproducible)."""
+    tables = [b for b in shard.iter_batches(batch_size=8192, batch_format="pyarrow", prefetch_batches=2)]
+    table = pa.concat_tables(tables) if tables else None
+    if table is None or table.num_rows == 0:
+        raise RuntimeError("this worker received no training rows; use fewer workers or more shards")
+    samples = table_to_samples(table, max_len, horizon)
+    return samples.subset(np.argsort(samples.sample_id, kind="stable"))
+
+
+def fit_intents_distributed(encoder: SequenceEncoder, local: SampleTable, cfg: Config, epoch: int,
+                            device: torch.device) -> IntentClusters:
+    """Each rank embeds its rows; k-means runs on rank 0 over all of them (in sample-id
+    order, as in one process); the centroids are broadcast so assignments agree."""
+    reprs = embed(encoder, local.inputs, cfg.intents.batch_size, device)
+    _, all_reprs = C.gather_rows_to_all(local.sample_id, reprs, device)
+    rank, _ = C.world()
+    cents = IntentClusters.fit(all_reprs, cfg.intents.k, cfg.intents.niter, seed=cfg.train.seed + epoch).centroids \
+        if rank == 0 else None
+    k = min(cfg.intents.k, all_reprs.shape[0])
+    return IntentClusters(C.broadcast_array(cents, (k, all_reprs.shape[1]), device))
+
+
+def evaluate_distributed(encoder: SequenceEncoder, data: PreparedData, cfg: Config, split: str,
+                         device: torch.device) -> dict[str, float]:
+    """Users split across ranks (rank::world), metric sums all-reduced."""
+    rank, size = C.world()
+    part = data.eval.subset(np.arange(rank, len(data.eval.user), size))
+    sums = evaluate_sums(encoder, part, split, data.max_len, cfg.eval.batch_size, cfg.eval.item_chunk,
+                         list(cfg.eval.ks), device)
+    return finalize(C.all_reduce_sums(sums, device))
+
+
+class _TorchDDP:
+    """Plain torch data parallel path (``deepspeed.enabled: false``)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: Config) -> None:
+        import ray.train.torch
+
+        self.module = model
+        self.net = ray.train.torch.prepare_model(model, move_to_device=False)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.step = torch_step(model, self.optimizer, cfg.train.grad_clip)
+
+
+def train_fn_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``config``: {"cfg": Config as a dict}."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    cfg = config_from_dict(config["cfg"])
+    rank, size = C.world()
+    device = ray.train.torch.get_device()
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    data = load_prepared(cfg.data.path, max_len=cfg.data.max_len)
+    local = materialize_shard(ray.train.get_dataset_shard("train"), data.max_len, data.horizon)
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_encoder(cfg.model, data.num_items, data.max_len).to(device)
+    if cfg.deepspeed.enabled:
+        from fenrec_dist.distributed.engine import build_engine
+
+        engine = build_engine(model, cfg, device)
+        net, encoder = engine, engine.module
+
+        def step(loss: torch.Tensor) -> None:
+            engine.backward(loss)
+            engine.step()
+    else:
+        ddp = _TorchDDP(model, cfg)
+        net, encoder, step = ddp.net, model, ddp.step
+
+    stopper = EarlyStopping(cfg.train.patience)
+    start_epoch = 0
+    best_state: dict[str, torch.Tensor] = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            d = Path(d)
+            client = load_state(d / "client_state.pt")
+            if cfg.deepspeed.enabled:
+                engine.load_checkpoint(str(d), tag=STATE_TAG)
+            else:
+                encoder.load_state_dict(load_state(d / "model.pt"))
+                ddp.optimizer.load_state_dict(load_state(d / "optimizer.pt"))
+            stopper = EarlyStopping.from_state(client["early_stopping"])
+            start_epoch = int(client["epoch"])
+            best_state = load_state(d / "best_model.pt", map_location=device)
+            rng_file = d / f"rng_rank{rank}.pt"
+            if rng_file.exists():
+                set_rng_state(load_state(rng_file))
+        if rank == 0:
+            print(f"[fenrec] resumed after epoch {start_epoch - 1} (best {cfg.eval.metric}={stopper.best:.4f}"
+                  f"@{stopper.best_epoch})", flush=True)
+
+    loss_fn = FENRecLoss(cfg.loss, cfg.negatives, gather=C.gather_with_grad, world_size=size)
+    partners = PartnerIndex.build(data.train.target, data.num_items)
+
+    def report(metrics: dict[str, Any], next_epoch: int) -> None:
+        """Checkpoint everything (model, optimizer, early stopping, RNG, best weights) and report."""
+        with tempfile.TemporaryDirectory() as tmp:
+            t = Path(tmp)
+            client = {"epoch": next_epoch, "early_stopping": stopper.state_dict()}
+            if cfg.deepspeed.enabled:
+                engine.save_checkpoint(tmp, tag=STATE_TAG)
+            elif rank == 0:
+                save_state(t / "model.pt", encoder.state_dict())
+                save_state(t / "optimizer.pt", ddp.optimizer.state_dict())
+            save_state(t / f"rng_rank{rank}.pt", rng_state())
+            if rank == 0:
+                save_state(t / "client_state.pt", client)
+                save_state(t / "best_model.pt", best_state)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+    next_epoch = start_epoch
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if stopper.should_stop:
+            break
+        t_epoch = time.perf_counter()
+        t0 = time.perf_counter()
+        intents = fit_intents_distributed(encoder, local, cfg, epoch, device) if cfg.loss.beta_fine > 0 else None
+        t_cluster = time.perf_counter() - t0
+        batches = epoch_batches(local.input_len, cfg.train.batch_size, epoch_rng(cfg.train.seed, epoch, rank),
+                                cfg.train.length_grouping, cfg.train.length_bucket_batches)
+        batches = batches[: C.all_reduce_min(len(batches), device)]  # collectives need equal step counts
+        res = train_epoch(net, encoder, step, local, partners, data.train, batches, loss_fn, epoch, intents,
+                          cfg.train.seed, device, rank=rank, progress=False, num_batches=len(batches))
+        t0 = time.perf_counter()
+        valid = evaluate_distributed(encoder, data, cfg, "valid", device)
+        t_eval = time.perf_counter() - t0
+        if stopper.update(valid[cfg.eval.metric], epoch):
+            best_state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+        samples = C.all_reduce_sums({"n": float(res.samples)}, device)["n"]
+        losses = {k: v / size for k, v in C.all_reduce_sums(res.losses, device).items()}
+        next_epoch = epoch + 1
+        report({
+            "epoch": epoch, "loss": losses, "valid": valid, "samples_per_s": samples / max(res.seconds, 1e-9),
+            "time": {"cluster": t_cluster, "train": res.seconds, "eval": t_eval, "epoch": time.perf_counter() - t_epoch},
+            "best": stopper.best, "best_epoch": stopper.best_epoch, "world_size": size,
+            "phase": "hard" if loss_fn.after_warmup(epoch) else "warmup",
+        }, next_epoch)
+
+    # Final: score the best weights on validation and test, on every rank (collectives).
+    current = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    encoder.load_state_dict(best_state)
+    valid = evaluate_distributed(encoder, data, cfg, "valid", device)
+    test = evaluate_distributed(encoder, data, cfg, "test", device)
+    encoder.load_state_dict(current)
+    report({"final": True, "best_epoch": stopper.best_epoch, "valid": valid, "test": test,
+            "epochs_run": next_epoch}, next_epoch)
