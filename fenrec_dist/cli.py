@@ -54,20 +54,28 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fenrec_dist.train.single import load_run_config, train_single
+    from fenrec_dist.train.single import load_run_config
 
     if args.resume:
+        if args.overrides or args.config:
+            raise ConfigError("--resume continues a run with its saved config; drop --config/--set")
         run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").exists():
+            raise ConfigError(f"{run_dir} holds no run (config.yaml missing)")
         cfg = load_run_config(run_dir)
-        if args.overrides:
-            raise ConfigError("--resume continues a run with its saved config; --set is not allowed")
-        final = train_single(cfg, run_dir, resume=True)
     else:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.out) if args.out else Path("runs") / f"{Path(args.config or 'default').stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (run_dir / "checkpoints" / "last.pt").exists():
+        if (run_dir / "config.yaml").exists():
             raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
-        final = train_single(cfg, run_dir)
+    if args.local:
+        from fenrec_dist.train.single import train_single
+
+        final = train_single(cfg, run_dir, resume=bool(args.resume))
+    else:
+        from fenrec_dist.distributed.driver import run_distributed
+
+        final = run_distributed(cfg, run_dir, address=args.address)
     print(json.dumps(final["test"]))
     return 0
 
@@ -114,10 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_prepare)
 
-    p = sub.add_parser("train", help="train a model (single process)")
+    p = sub.add_parser("train", help="train a model (Ray Train workers; --local for one process without Ray)")
     _add_config_args(p)
     p.add_argument("--out", help="run directory (default runs/<config>-<time>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--local", action="store_true", help="train in this process, without Ray or DeepSpeed")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("evaluate", help="re-score a run's best checkpoint on validation and test")

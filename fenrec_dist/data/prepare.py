@@ -17,7 +17,24 @@ Ids. Sequence text keeps the ids as given (so numbers match the benchmarks);
 ``items`` is the largest item id kept. Logs (csv/tsv/parquet/amazon-json) remap the kept
 users and items to 1..N in ascending order of the raw id (numeric order when every raw
 id of the column is an integer, else lexicographic UTF-8 order; equal numbers tie-break
-by the string), saved as ``user_map.parquet`` / ``item_map.parquet`` (columns raw, id).
+by the string), saved as ``user_map.parquet`` / ``item_map.parquet`` (columns raw, id;
+raw is int64 for integer ids - Parquet integer columns, CSV columns whose every value
+is a canonical decimal integer - else string). Filters run before the remapping, so ids
+are contiguous over what is kept.
+
+Output (``out_dir``):
+    train/part-00000.parquet ... one row per training sample: sample_id int64, user int64,
+        input list<int32> (<= max_len, most recent last, no padding), input_len int32,
+        target int32, future list<int32> (target first, 1..horizon+1 items), position
+        int32 (target's index in the user's training part); row groups of row_group_size;
+    eval.parquet: one row per kept user: user int64, history list<int32> (whole training
+        part), valid int32, test int32 (grouped by partition; loaders sort by user);
+    user_map.parquet, item_map.parquet (logs only); manifest.json (see ``_Job.run``).
+
+Filters. ``k_core`` > 0: repeatedly drop users and items with fewer than k interactions
+until every one left has at least k (dropped counts: ``k_core_rows``/``_users``/``_items``); then users
+with fewer than ``min_interactions`` (>= 3) interactions (``too_short_users``/``_rows``).
+Rows are never deduplicated (repeat interactions are kept, as in Yelp).
 
 Order within a user: time ascending, ties broken by the input row order.
 
@@ -41,7 +58,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -71,7 +87,7 @@ from fenrec_dist.data.sequences import (
 
 FORMAT_VERSION = 1
 ROWS_PER_PARTITION = 2_000_000
-SAMPLES_PER_BLOCK = 500_000
+BLOCK_BUDGET = 8_000_000
 MANIFEST = "manifest.json"
 EVAL_FILE = "eval.parquet"
 USER_MAP = "user_map.parquet"
@@ -142,7 +158,8 @@ def prepare(
         "overwrite": overwrite, "num_partitions": parts,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
     try:
         manifest = _Job(src, tmp, resolved_fmt, config, _fail_after_shards).run()
         shutil.rmtree(tmp / "_scratch", ignore_errors=True)
@@ -214,54 +231,67 @@ def sha256_file(path: Path) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
+class _MixedIds(Exception):
+    """Raw ids came as int64 in some chunks and as strings in others."""
+
+
 class _Distinct:
     """Running set of distinct raw ids (int64 numpy or Arrow strings)."""
 
     def __init__(self) -> None:
-        self.ints: np.ndarray | None = None
-        self.strs: pa.Array | None = None
+        self.vals: pa.Array | None = None
 
     def add(self, arr: pa.Array) -> None:
-        if pa.types.is_integer(arr.type):
-            if self.strs is not None:
-                raise TypeError("mixed id types")
-            u = np.unique(arr.to_numpy(zero_copy_only=False))
-            self.ints = u if self.ints is None else np.union1d(self.ints, u)
-        else:
-            if self.ints is not None:
-                raise TypeError("mixed id types")
-            u = pc.unique(arr)
-            self.strs = u if self.strs is None else pc.unique(pa.concat_arrays([self.strs, u]))
+        # pyarrow's hash-based unique (np.unique sorts and is several times slower)
+        u = pc.unique(arr)
+        self.vals = u if self.vals is None else pc.unique(pa.concat_arrays([self.vals, u]))
 
-    def sorted(self) -> "_IdSpace":
-        if self.ints is not None:
-            return _IdSpace(self.ints, None)
-        assert self.strs is not None
-        arr = self.strs
+    def sorted(self, parts: int) -> "_IdSpace":
+        """The sorted ids; string ids are also split by ``hash_partition`` into ``parts`` lookup sets."""
+        assert self.vals is not None
+        if pa.types.is_integer(self.vals.type):
+            return _IdSpace(np.sort(self.vals.to_numpy()), None, parts)
+        arr = self.vals
         try:
+            pc.cast(arr.slice(0, 64), pa.int64())  # cheap early exit
             num = pc.cast(arr, pa.int64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             idx = pc.sort_indices(arr)
         else:
             idx = pc.sort_indices(pa.table({"n": num, "s": arr}), sort_keys=[("n", "ascending"), ("s", "ascending")])
-        return _IdSpace(None, arr.take(idx))
+        return _IdSpace(None, arr.take(idx), parts)
 
 
 class _IdSpace:
-    """Sorted distinct raw ids; code of a raw id = its rank."""
+    """Sorted distinct raw ids; code of a raw id = its rank.
 
-    def __init__(self, ints: np.ndarray | None, strs: pa.Array | None) -> None:
+    String lookups use per-partition value sets (a partition's rows only hold the ids
+    that hash to it), so each hash table is 1/parts of the ids.
+    """
+
+    def __init__(self, ints: np.ndarray | None, strs: pa.Array | None, parts: int) -> None:
         self.ints = ints
         self.strs = strs
+        self.part_ranks: list[np.ndarray] = []
+        self.part_sets: list[pa.Array] = []
+        if strs is not None:
+            pid = hash_partition(strs, parts)
+            order = np.argsort(pid, kind="stable")
+            cuts = exclusive_cumsum(np.bincount(pid, minlength=parts))
+            for p in range(parts):
+                ranks = order[cuts[p]:cuts[p + 1]]
+                self.part_ranks.append(ranks)
+                self.part_sets.append(strs.take(pa.array(ranks)))
 
     def __len__(self) -> int:
         return len(self.ints) if self.ints is not None else len(self.strs)
 
-    def codes(self, raw: pa.Array) -> np.ndarray:
-        """int64 [n]: codes of the raw ids (all present)."""
+    def codes(self, raw: pa.Array, part: int = 0) -> np.ndarray:
+        """int64 [n]: codes of the raw ids (all present), which all lie in partition ``part``."""
         if self.ints is not None:
             return np.searchsorted(self.ints, raw.to_numpy(zero_copy_only=False)).astype(np.int64)
-        return pc.index_in(raw, value_set=self.strs).to_numpy(zero_copy_only=False).astype(np.int64)
+        local = pc.index_in(raw, value_set=self.part_sets[part]).to_numpy(zero_copy_only=False)
+        return self.part_ranks[part][local].astype(np.int64)
 
     def raw(self, codes: np.ndarray) -> pa.Array:
         if self.ints is not None:
@@ -288,7 +318,7 @@ class _RawPartitions:
             self._writer(0).write_table(chunk)
             return
         pid = hash_partition(chunk.column("user").combine_chunks(), count)
-        order = np.argsort(pid, kind="stable")
+        order = np.argsort(pid.astype(np.int16), kind="stable")  # radix sort (count <= 4096)
         bounds = exclusive_cumsum(np.bincount(pid, minlength=count))
         taken = chunk.take(pa.array(order))
         for p in range(count):
@@ -345,6 +375,26 @@ class _ParquetSink:
         self.writer.close()
 
 
+def _user_time_order(user: np.ndarray, time: np.ndarray, num_users: int) -> np.ndarray:
+    """Stable order by (user, time): ties keep the input row order (rows are in input order)."""
+    if len(time) and np.issubdtype(time.dtype, np.integer):
+        lo, hi = int(time.min()), int(time.max())
+        if (hi - lo + 1) * num_users < 2**62:  # one int64 key: faster than lexsort
+            return np.argsort(user * (hi - lo + 1) + (time - lo), kind="stable")
+    return np.lexsort((time, user))
+
+
+def _block_cost(lengths: np.ndarray, max_len: int) -> np.ndarray:
+    """Work units of users with sequence lengths ``lengths``: 16 per sample and per user, plus
+    their input values and history items. Blocks of BLOCK_BUDGET units bound memory
+    (<= 500k samples and <= 8M list values) and keep int32 list offsets safe."""
+    n = np.asarray(lengths, dtype=np.int64)
+    s = samples_per_user(n)  # t = 1..s
+    m = np.minimum(s, max_len)
+    input_values = m * (m + 1) // 2 + (s - m) * max_len
+    return 16 * (s + 1) + input_values + n
+
+
 def _list_array(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, pa.int32()))
 
@@ -384,11 +434,26 @@ class _Job:
 
     # ---- pass A
     def partition(self) -> tuple[_IdSpace, _IdSpace]:
+        try:
+            return self._partition(int_ids=True)
+        except _MixedIds:  # integer-looking ids in some CSV chunks only: read all ids as strings
+            for path in self.scratch.glob("raw-*.arrow"):
+                path.unlink()
+            self.stats = ReadStats()
+            return self._partition(int_ids=False)
+
+    def _partition(self, int_ids: bool) -> tuple[_IdSpace, _IdSpace]:
         raw = _RawPartitions(self.scratch, self.parts)
         users, items = _Distinct(), _Distinct()
         try:
             for chunk in iter_chunks(self.src, self.fmt, user_col=self.cfg["user_col"], item_col=self.cfg["item_col"],
-                                     time_col=self.cfg["time_col"], chunk_rows=DEFAULT_CHUNK_ROWS, stats=self.stats):
+                                     time_col=self.cfg["time_col"], chunk_rows=DEFAULT_CHUNK_ROWS, stats=self.stats,
+                                     int_ids=int_ids):
+                chunk = chunk.select(["user", "item", "time"])
+                if raw.schema is not None and chunk.schema != raw.schema:
+                    if int_ids:
+                        raise _MixedIds()
+                    raise DataError(f"{self.src}: column types change between chunks: {raw.schema} vs {chunk.schema}")
                 raw.write(chunk)
                 users.add(chunk.column("user").combine_chunks())
                 items.add(chunk.column("item").combine_chunks())
@@ -397,7 +462,7 @@ class _Job:
         self.raw_paths = raw.paths
         if self.stats.rows == 0:
             raise DataError(f"{self.src}: empty input: no interactions (no users)")
-        return users.sorted(), items.sorted()
+        return users.sorted(self.parts), items.sorted(1)
 
     # ---- pass B
     def sort_partitions(self, users: _IdSpace, items: _IdSpace) -> tuple[np.ndarray, np.ndarray]:
@@ -409,12 +474,23 @@ class _Job:
                 continue
             with pa.memory_map(str(path)) as mm:
                 t = pa.ipc.open_file(mm).read_all()
-            uc = users.codes(t.column("user").combine_chunks())
-            ic = items.codes(t.column("item").combine_chunks())
+            user_arr = t.column("user").combine_chunks()
             time = t.column("time").to_numpy()
-            del t
-            order = np.lexsort((time, uc))  # stable: ties keep the input row order
-            uc, ic, time = uc[order], ic[order], time[order]
+            if users.ints is not None:
+                # sort by the raw ids (same order as codes), then look up one code per user
+                raw_u = user_arr.to_numpy()
+                lo = int(raw_u.min())
+                order = _user_time_order(raw_u - lo, time, int(raw_u.max()) - lo + 1)
+                su = raw_u[order]
+                starts = np.concatenate([[0], np.flatnonzero(su[1:] != su[:-1]) + 1, [len(su)]])
+                uc = np.repeat(np.searchsorted(users.ints, su[starts[:-1]]), np.diff(starts))
+            else:
+                uc = users.codes(user_arr, p)
+                order = _user_time_order(uc, time, len(users))
+                uc = uc[order]
+            ic = items.codes(t.column("item").combine_chunks().take(pa.array(order)))
+            time = time[order]
+            del t, user_arr
             if self.fmt == "seq":
                 self._check_one_line_per_user(uc, time, users)
             up, ip = self.scratch / f"sorted-{p:05d}-user.npy", self.scratch / f"sorted-{p:05d}-item.npy"
@@ -514,8 +590,7 @@ class _Job:
                 items = item_new[ic]
                 offs = np.concatenate([[0], np.flatnonzero(uc[1:] != uc[:-1]) + 1, [len(uc)]]).astype(np.int64)
                 run_codes = uc[offs[:-1]].astype(np.int64)
-                cost = samples_per_user(np.diff(offs)) + 1
-                group = (np.cumsum(cost) - 1) // SAMPLES_PER_BLOCK
+                group = (np.cumsum(_block_cost(np.diff(offs), max_len)) - 1) // BLOCK_BUDGET
                 gb = np.concatenate([[0], np.flatnonzero(np.diff(group)) + 1, [len(run_codes)]])
                 for a, b in zip(gb[:-1], gb[1:]):
                     o = offs[a:b + 1]

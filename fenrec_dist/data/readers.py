@@ -15,9 +15,11 @@ Formats (``detect_format`` picks one from the file name):
 - ``seq``: text, one user a line, ``user item item ...`` in time order, integer ids.
   Blank lines are skipped (counted as ``blank_lines``); a line with a user id but no item
   is an error, as is a non-integer id (the message names line and field), an item id
-  below 1 (0 is the padding id) or above 2**31-1, and a negative user id.
+  below 1 (0 is the padding id) or above 2**31-1, and a negative user id. A user id on
+  two lines is an error too (``prepare`` names both lines). ``.gz`` files are read as well.
 - ``csv`` / ``tsv``: a header line and the columns ``user_col``, ``item_col`` and
-  ``time_col`` (others are ignored); ids are read as strings; the time column must be
+  ``time_col`` (others are ignored); ids are strings, or int64 when every id of a chunk
+  is a canonical decimal integer ("12", not "012" or "+12"); the time column must be
   numeric or a timestamp. ``.gz`` compressed files are read as well.
 - ``parquet``: the same columns; ids may be integers or strings.
 - ``amazon-json``: JSON lines, plain or gzip, one review a line with ``reviewerID``,
@@ -88,14 +90,21 @@ def iter_chunks(
     time_col: str = "timestamp",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     stats: ReadStats | None = None,
+    int_ids: bool = True,
 ) -> Iterator[pa.Table]:
-    """Yield normalised chunks (see the module doc) of the file ``path`` in format ``fmt``."""
+    """Yield normalised chunks (see the module doc) of the file ``path`` in format ``fmt``.
+
+    ``int_ids``: CSV/TSV id columns whose values in a chunk are all canonical decimal
+    integers come as int64 (faster); other chunks of the same file may then come as
+    strings, so a caller that needs one type throughout retries with ``int_ids=False``.
+    """
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
     if fmt == "seq":
         it = _iter_seq(path, chunk_rows, stats)
     elif fmt in ("csv", "tsv"):
-        it = _iter_csv(path, "," if fmt == "csv" else "\t", (user_col, item_col, time_col), chunk_rows, stats)
+        it = _iter_csv(path, "," if fmt == "csv" else "\t", (user_col, item_col, time_col), chunk_rows, stats,
+                       int_ids)
     elif fmt == "parquet":
         it = _iter_parquet(path, (user_col, item_col, time_col), chunk_rows, stats)
     elif fmt == "amazon-json":
@@ -194,8 +203,22 @@ def _iter_seq(path: Path, chunk_rows: int, stats: ReadStats) -> Iterator[pa.Tabl
 # --------------------------------------------------------------------------- logs
 
 
-def _normalise(path: Path, table: pa.Table | pa.RecordBatch, cols: tuple[str, str, str], row0: int) -> pa.Table:
-    """Rename to user/item/time, check types and nulls, add the row column."""
+def _as_int_if_exact(arr: pa.Array) -> pa.Array:
+    """int64 version of a string array whose values are all canonical decimal integers, else ``arr``."""
+    try:
+        pc.cast(arr.slice(0, 64), pa.int64())  # cheap early exit: a failing cast of a big array is slow
+        ints = pc.cast(arr, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return arr
+    return ints if pc.all(pc.equal(pc.cast(ints, pa.string()), arr)).as_py() is not False else arr
+
+
+def _normalise(path: Path, table: pa.Table | pa.RecordBatch, cols: tuple[str, str, str], row0: int,
+               int_strings: bool = False) -> pa.Table:
+    """Rename to user/item/time, check types and nulls, add the row column.
+
+    ``int_strings``: string ids that are all canonical integers ("12", not "012") become int64.
+    """
     out = {}
     for name, col in zip(("user", "item"), cols[:2]):
         arr = table.column(col)
@@ -207,6 +230,8 @@ def _normalise(path: Path, table: pa.Table | pa.RecordBatch, cols: tuple[str, st
             arr = arr.cast(pa.int64())
         elif pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
             arr = arr.cast(pa.string())
+            if int_strings:
+                arr = _as_int_if_exact(arr)
         else:
             raise at_column(path, col, f"ids must be integers or strings, got {arr.type}")
         if arr.null_count:
@@ -256,7 +281,7 @@ def _csv_header(path: Path, delimiter: str) -> list[str]:
 
 
 def _iter_csv(path: Path, delimiter: str, cols: tuple[str, str, str], chunk_rows: int,
-              stats: ReadStats) -> Iterator[pa.Table]:
+              stats: ReadStats, int_ids: bool) -> Iterator[pa.Table]:
     header = _csv_header(path, delimiter)
     _check_columns(path, header, cols)
     block = int(min(max(chunk_rows * 32, 1 << 16), 1 << 26))
@@ -275,10 +300,37 @@ def _iter_csv(path: Path, delimiter: str, cols: tuple[str, str, str], chunk_rows
         for batch in reader:
             if batch.num_rows == 0:
                 continue
-            yield _normalise(path, batch, cols, stats.rows)
+            yield _normalise(path, batch, cols, stats.rows, int_strings=int_ids)
             stats.rows += batch.num_rows
     except (pa.ArrowInvalid, OSError, EOFError) as exc:
+        located = _locate_csv_error(path, delimiter, header, cols[2])
+        if located is not None:
+            raise located from exc
         raise DataError(f"{path}: near data row {stats.rows + 1}: {exc}") from exc
+
+
+def _locate_csv_error(path: Path, delimiter: str, header: list[str], time_col: str) -> DataError | None:
+    """Slow path after a CSV error: find the first line with a wrong field count or a bad time value."""
+    t = header.index(time_col)
+    try:
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            f = io.TextIOWrapper(gzip.open(raw) if gz else raw, encoding="utf-8", newline="")
+            reader = csv.reader(f, delimiter=delimiter)
+            next(reader, None)
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    return at_line(path, reader.line_num, f"expected {len(header)} fields, got {len(row)}: {row}")
+                try:
+                    float(row[t])
+                except ValueError:
+                    return at_line(path, reader.line_num, f"column {time_col!r}: {row[t]!r} is not a number")
+    except (csv.Error, UnicodeDecodeError, EOFError, zlib.error, OSError) as exc:
+        return DataError(f"{path}: {exc}")
+    return None
 
 
 def _iter_parquet(path: Path, cols: tuple[str, str, str], chunk_rows: int, stats: ReadStats) -> Iterator[pa.Table]:
@@ -350,20 +402,38 @@ def _iter_json(path: Path, cols: tuple[str, str, str], chunk_rows: int, stats: R
         yield flush()
 
 
-def hash_partition(user: pa.Array, num_partitions: int) -> np.ndarray:
-    """Partition id in [0, num_partitions) of every raw user id, deterministic across runs.
+_MIX = np.uint64(0x9E3779B97F4A7C15)
 
-    int64 ids: Fibonacci hashing; strings: pandas' keyed hash of the chunk's dictionary.
+
+def string_hash(arr: pa.Array) -> np.ndarray:
+    """uint64 [n]: deterministic polynomial hash of every string of a pa.string() array (no nulls)."""
+    arr = arr.cast(pa.string())
+    n = len(arr)
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int32)[arr.offset:arr.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(bufs[2], dtype=np.uint8)[offsets[0]:offsets[-1]].astype(np.uint64) if n else np.zeros(0, np.uint64)
+    offsets -= offsets[0]
+    lengths = np.diff(offsets)
+    pos = np.arange(len(data), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+    powers = np.cumprod(np.full(int(lengths.max(initial=0)) + 1, 1099511628211, dtype=np.uint64), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        cs = np.zeros(len(data) + 1, dtype=np.uint64)
+        np.cumsum((data + np.uint64(1)) * powers[pos], out=cs[1:])
+        h = cs[offsets[1:]] - cs[offsets[:-1]] + lengths.astype(np.uint64)
+        return h * _MIX
+    # (uint64 arithmetic wraps modulo 2**64 by design)
+
+
+def hash_partition(user: pa.Array, num_partitions: int) -> np.ndarray:
+    """int64 [n]: partition id in [0, num_partitions) of every raw user id, deterministic across runs.
+
+    int64 ids: Fibonacci hashing; strings: ``string_hash``.
     """
     if num_partitions == 1:
         return np.zeros(len(user), dtype=np.int64)
-    if pa.types.is_integer(user.type):
-        u = user.to_numpy(zero_copy_only=False).astype(np.uint64)
-        h = (u * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
-        return (h % np.uint64(num_partitions)).astype(np.int64)
-    import pandas as pd
-
-    enc = pc.dictionary_encode(user)
-    vals = enc.dictionary.to_numpy(zero_copy_only=False)
-    h = pd.util.hash_array(vals.astype(object)) % np.uint64(num_partitions)
-    return h.astype(np.int64)[enc.indices.to_numpy(zero_copy_only=False)]
+    with np.errstate(over="ignore"):
+        if pa.types.is_integer(user.type):
+            h = user.to_numpy(zero_copy_only=False).astype(np.uint64) * _MIX
+        else:
+            h = string_hash(user)
+    return ((h >> np.uint64(32)) % np.uint64(num_partitions)).astype(np.int64)

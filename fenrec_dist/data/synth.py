@@ -20,7 +20,8 @@ to learn that item popularity alone does not give:
 
 Unless ``allow_repeats``, a user does not interact with the same item twice (as in the
 Amazon benchmark files): a draw that hits the user's history is redrawn a few times from the
-same mechanism, then from the whole catalogue; a repeat is kept only if all redraws fail.
+same mechanism, then uniformly from the catalogue, finally from the items the user has not
+seen (lengths are capped at ``items``).
 
 Determinism and memory: the structure comes from ``default_rng([seed, 0])`` and users are
 generated in chunks of ``CHUNK_USERS``, chunk ``c`` from ``default_rng([seed, 1, c])``, with
@@ -35,7 +36,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,7 @@ class SynthStructure:
     intent_cdf: float64 [I] ``g + cumulative popularity`` within intent g (last entry g + 1);
     item_intent: int64 [I + 1] intent of each item (-1 for padding);
     succ: int64 [I + 1, S] designated successors; succ_cdf: float64 [S];
-    fore: int64 [I + 1] foreshadowed item of each item.
+    fore: int64 [I + 1] foreshadowed item of each item; num_intents: G.
     """
 
     intent_items: np.ndarray
@@ -97,7 +98,7 @@ class SynthStructure:
     succ: np.ndarray
     succ_cdf: np.ndarray
     fore: np.ndarray
-    num_intents: int = field(default=0)
+    num_intents: int
 
     @classmethod
     def build(cls, cfg: SynthConfig) -> "SynthStructure":
@@ -214,6 +215,8 @@ def _chunk(cfg: SynthConfig, st: SynthStructure, c: int, n: int) -> tuple[np.nda
                     new = rng.integers(1, cfg.items + 1, size=len(bad))
                 cand[bad] = new
                 bad = bad[_in_history(hist, t, bad, new)]
+            for r in bad:  # rare (tiny catalogues): a uniform item the user has not seen
+                cand[r] = rng.choice(np.setdiff1d(np.arange(1, cfg.items + 1), hist[r, :t]))
         hist[:a, t] = cand
         regular = ~due
         prev[:a] = np.where(regular, cand, prev[:a])

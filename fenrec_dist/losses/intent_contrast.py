@@ -43,7 +43,16 @@ def weighted_info_nce(pos: torch.Tensor, blocks: list[NegativeBlock], shaping: S
         scalar loss.
     """
     pos_l = shaping.positive(pos)
-    parts = [pos_l[:, None]]
+    return (denominator_lse(pos_l, blocks, shaping) - pos_l).mean()
+
+
+def denominator_lse(pos_logits: torch.Tensor, blocks: list[NegativeBlock], shaping: Shaping) -> torch.Tensor:
+    """float [N]: log of the softmax denominator, log(e^pos + sum_blocks w sum e^neg).
+
+    Args:
+        pos_logits: float [N], the already shaped positive logits.
+    """
+    parts = [pos_logits[:, None]]
     for b in blocks:
         if b.weight <= 0 or b.logits.shape[1] == 0:
             continue
@@ -53,7 +62,7 @@ def weighted_info_nce(pos: torch.Tensor, blocks: list[NegativeBlock], shaping: S
         if b.mask is not None:
             l = l.masked_fill(b.mask, float("-inf"))
         parts.append(l)
-    return (torch.logsumexp(torch.cat(parts, dim=1), dim=1) - pos_l).mean()
+    return torch.logsumexp(torch.cat(parts, dim=1), dim=1)
 
 
 @dataclass

@@ -25,6 +25,17 @@ from fenrec_dist.model.base import SequenceEncoder, trim_left_padding
 _MASKED = -10000.0  # the reference's additive mask value (exp underflows to exactly 0 in fp32)
 
 
+class Dropout(nn.Dropout):
+    """Inverted dropout drawn with ``rand_like`` (about 2x faster than ``bernoulli_`` on CPU,
+    the profiler's top kernel); same distribution and scaling as ``nn.Dropout``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        mask = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        return x * mask
+
+
 class SelfAttention(nn.Module):
     def __init__(self, hidden: int, heads: int, attn_dropout: float, dropout: float) -> None:
         super().__init__()
@@ -34,8 +45,8 @@ class SelfAttention(nn.Module):
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
         self.dense = nn.Linear(hidden, hidden)
-        self.attn_dropout = nn.Dropout(attn_dropout)
-        self.out_dropout = nn.Dropout(dropout)
+        self.attn_dropout = Dropout(attn_dropout)
+        self.out_dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +74,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.dense_1 = nn.Linear(hidden, hidden * mult)
         self.dense_2 = nn.Linear(hidden * mult, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +103,7 @@ class SASRec(SequenceEncoder):
         self.item_emb = nn.Embedding(num_items + 1, cfg.hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, cfg.hidden)
         self.emb_norm = nn.LayerNorm(cfg.hidden, eps=1e-12)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.emb_dropout = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.apply(self._init)
 

@@ -17,7 +17,7 @@ import torch
 
 from fenrec_dist.config import NegativesConfig
 from fenrec_dist.losses.hard_negatives import hard_negative_logits, sample_lam
-from fenrec_dist.losses.intent_contrast import ContrastBatch, NegativeBlock, contrast_loss
+from fenrec_dist.losses.intent_contrast import ContrastBatch, NegativeBlock, denominator_lse
 from fenrec_dist.losses.noise_negatives import draw_noise, nudge_noise
 from fenrec_dist.losses.shaping import Shaping
 
@@ -88,11 +88,15 @@ class NoiseNegatives:
             ctx.noise = None
             return
         det = ContrastBatch(coarse.z.detach(), coarse.sims.detach(), coarse.mask, coarse.temperature)
-        fixed = [blk for s in others for blk in s.blocks(det, ctx)]
+        with torch.no_grad():
+            # Everything but the noise block is constant during the ascent: fold it into one
+            # log-denominator, then loss(noise) = mean(logaddexp(fixed, lse(noise)) - pos).
+            pos = shaping.positive(det.positives)
+            fixed = denominator_lse(pos, [blk for s in others for blk in s.blocks(det, ctx)], shaping)
 
         def loss_fn(noise: torch.Tensor) -> torch.Tensor:
-            blk = NegativeBlock(det.z @ noise.t() / det.temperature, 1.0, None)
-            return contrast_loss(det, fixed + [blk], shaping)
+            noise_lse = torch.logsumexp(shaping.negative(det.z @ noise.t() / det.temperature), dim=1)
+            return (torch.logaddexp(fixed, noise_lse) - pos).mean()
 
         noise = draw_noise(rows, coarse.z.shape[1], ctx.generator, coarse.z.device, coarse.z.dtype)
         ctx.noise = nudge_noise(noise, loss_fn, self.steps, self.step_size)

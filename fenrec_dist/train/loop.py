@@ -38,6 +38,20 @@ def torch_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_cl
     return step
 
 
+def encode_by_length(net: Callable[[torch.Tensor], torch.Tensor], ids: np.ndarray, device: torch.device,
+                     groups: int = 4) -> torch.Tensor:
+    """Encode rows int [N, L] in ``groups`` length-sorted chunks so each chunk's padding is
+    trimmed (anchors are length-grouped but their same-target partners are not).
+    Returns float [N, d] in the original row order; each row's output is unchanged."""
+    lengths = (ids != 0).sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    chunks = np.array_split(order, min(groups, len(order)))
+    outs = [net(to_tensor(ids[c], device)) for c in chunks if len(c)]
+    z = torch.cat(outs)
+    inv = torch.from_numpy(np.argsort(order, kind="stable")).to(z.device)
+    return z[inv]
+
+
 @dataclass
 class EpochResult:
     losses: dict[str, float] = field(default_factory=dict)  # means over batches
@@ -102,10 +116,9 @@ def train_epoch(
         anchors_global = table.sample_id[b] if partner_table is not table else b
         p = partners.draw(anchors_global, partner_table.target, rng)
         ids = np.concatenate([table.inputs[b], partner_table.inputs[p]], axis=0)
-        x = to_tensor(ids, device)
         ctx = autocast() if autocast is not None else torch.autocast("cpu", enabled=False)
         with ctx:  # type: ignore[attr-defined]
-            z = net(x)
+            z = encode_by_length(net, ids, device)
         z = z.float()
         bsz = len(b)
         parts = loss_fn(

@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""One FENRec epoch on Beauty after the warm-up (hard + noise negatives on), by phase.
+
+    .venv/bin/python bench/bench_epoch.py [--data ../shared/data/Beauty.txt] [--threads 2] [--set k=v ...]
+
+Prepares Beauty into a temp dir, then runs one epoch of the single-process path with
+``negatives.warmup_epochs=0`` (so the epoch takes the post-warm-up path), including the
+intent clustering pass and validation, and reports each phase, samples/s and the peak RSS
+of the whole process. Writes bench/results/epoch.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "Beauty.txt"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "beauty.yaml"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "epoch.json"))
+    args = ap.parse_args()
+    if not Path(args.data).exists():
+        print(f"skip: {args.data} not found")
+        return 0
+    import torch
+
+    from fenrec_dist.config import load_config
+    from fenrec_dist.data.prepare import prepare
+    from fenrec_dist.train.single import train_single
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        prepare(args.data, Path(tmp) / "data")
+        t_prep = time.perf_counter() - t0
+        cfg = load_config(args.config, [f"data.path={tmp}/data", "negatives.warmup_epochs=0", "train.epochs=1",
+                                        "train.progress=false", f"train.threads={args.threads}"] + args.overrides)
+        t0 = time.perf_counter()
+        train_single(cfg, Path(tmp) / "run", log=lambda *_: None)
+        total = time.perf_counter() - t0
+        rec = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    out = {
+        "command": " ".join(sys.argv), "threads": args.threads, "prepare_s": round(t_prep, 2),
+        "phases_s": {k: round(v, 1) for k, v in rec["time"].items()},
+        "samples_per_s": round(rec["samples_per_s"], 1), "run_total_s": round(total, 1),
+        "peak_rss_mib": round(peak, 0), "valid_after_1_epoch": rec["valid"], "loss": rec["loss"],
+        "reference_here_s": {"train": 314, "cluster": "26-30", "eval": 7, "epoch": 350, "peak_rss_gib": 5.3},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

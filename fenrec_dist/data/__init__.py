@@ -1,0 +1,1 @@
+"""Sequence data pipeline: readers, leave-one-out samples, prepared datasets."""
