@@ -88,6 +88,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fenrec_dist.demo import run_demo
+
+    run_demo(args.workdir, args.config, args.overrides, local=args.local)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fenrec", description="Train FENRec sequential recommenders.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -129,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="train in this process, without Ray or DeepSpeed")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("demo", help="synthetic data -> 2 Ray workers -> test metrics beside baselines")
+    _add_config_args(p)
+    p.add_argument("--workdir", default="runs/demo")
+    p.add_argument("--local", action="store_true", help="one process, without Ray")
+    p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("evaluate", help="re-score a run's best checkpoint on validation and test")
     p.add_argument("run_dir")

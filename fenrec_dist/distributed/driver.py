@@ -21,7 +21,7 @@ from fenrec_dist.train.report import MetricsLog, plot_curves, progress_line
 def worker_env() -> dict[str, str]:
     """Environment the workers need (DeepSpeed on CPU, its op cache, quiet Ray)."""
     env = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    for k in ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "OMP_NUM_THREADS"):
+    for k in ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "OMP_NUM_THREADS", "FENREC_FAULT_AT"):
         if os.environ.get(k):
             env[k] = os.environ[k]
     return env
@@ -97,7 +97,7 @@ def run_distributed(cfg: Config, run_dir: str | Path | None = None, address: str
     """Fit the TorchTrainer; returns final.json's content (best epoch, valid, test)."""
     import ray
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from fenrec_dist.distributed.worker import train_fn_per_worker
@@ -118,6 +118,7 @@ def run_distributed(cfg: Config, run_dir: str | Path | None = None, address: str
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.distributed.keep_checkpoints),
         failure_config=FailureConfig(max_failures=cfg.distributed.max_failures),
         callbacks=[make_callback(local_dir, cfg)],
+        logging_config=LoggingConfig(log_level=os.environ.get("FENREC_RAY_TRAIN_LOG_LEVEL", "WARNING")),
     )
     trainer = TorchTrainer(train_fn_per_worker, train_loop_config={"cfg": to_dict(cfg)},
                            scaling_config=scaling, run_config=run_config, datasets={"train": ds})

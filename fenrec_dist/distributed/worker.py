@@ -8,6 +8,8 @@ checkpointed through ``ray.train.report`` every epoch and restored at the top.
 
 from __future__ import annotations
 
+import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +33,39 @@ from fenrec_dist.train.early_stopping import EarlyStopping
 from fenrec_dist.train.loop import embed, evaluate_sums, torch_step, train_epoch
 
 STATE_TAG = "state"
+FAULT_ENV = "FENREC_FAULT_AT"  # "EPOCH:BATCH:RANK:MARKER_FILE" - kill this worker once (failure tests)
+
+
+def fault_injector(epoch: int, rank: int):  # type: ignore[no-untyped-def]
+    """A per-batch hook that SIGKILLs this worker at the configured point, once.
+
+    Reads ``FENREC_FAULT_AT``; the marker file makes the restarted run go through.
+    Returns None when no fault is requested here.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    e, b, r, marker = spec.split(":", 3)
+    if int(e) != epoch or int(r) != rank or Path(marker).exists():
+        return None
+    target = int(b)
+    count = [0]
+
+    def hook() -> None:
+        count[0] += 1
+        if count[0] == target:
+            Path(marker).write_text(f"killed rank {rank} at epoch {epoch} batch {target}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def _before(hook, step):  # type: ignore[no-untyped-def]
+    def wrapped(loss: torch.Tensor) -> None:
+        hook()
+        step(loss)
+
+    return wrapped
 
 
 def materialize_shard(shard: Any, max_len: int, horizon: int) -> SampleTable:
@@ -160,7 +195,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         batches = epoch_batches(local.input_len, cfg.train.batch_size, epoch_rng(cfg.train.seed, epoch, rank),
                                 cfg.train.length_grouping, cfg.train.length_bucket_batches)
         batches = batches[: C.all_reduce_min(len(batches), device)]  # collectives need equal step counts
-        res = train_epoch(net, encoder, step, local, partners, data.train, batches, loss_fn, epoch, intents,
+        hook = fault_injector(epoch, rank)
+        epoch_step = step if hook is None else _before(hook, step)
+        res = train_epoch(net, encoder, epoch_step, local, partners, data.train, batches, loss_fn, epoch, intents,
                           cfg.train.seed, device, rank=rank, progress=False, num_batches=len(batches))
         t0 = time.perf_counter()
         valid = evaluate_distributed(encoder, data, cfg, "valid", device)
