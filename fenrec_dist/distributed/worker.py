@@ -119,13 +119,16 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     from ray.train import Checkpoint
 
+    t_start = time.perf_counter()
     cfg = config_from_dict(config["cfg"])
     rank, size = C.world()
     device = ray.train.torch.get_device()
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     data = load_prepared(cfg.data.path, max_len=cfg.data.max_len)
+    t_load = time.perf_counter()
     local = materialize_shard(ray.train.get_dataset_shard("train"), data.max_len, data.horizon)
+    t_ingest = time.perf_counter()
 
     torch.manual_seed(cfg.train.seed)
     model = build_encoder(cfg.model, data.num_items, data.max_len).to(device)
@@ -142,6 +145,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         ddp = _TorchDDP(model, cfg)
         net, encoder, step = ddp.net, model, ddp.step
 
+    t_engine = time.perf_counter()
+    startup = {"load_eval_and_partners": t_load - t_start, "ray_data_ingest": t_ingest - t_load,
+               "engine_init": t_engine - t_ingest, "local_rows": float(len(local))}
     stopper = EarlyStopping(cfg.train.patience)
     start_epoch = 0
     best_state: dict[str, torch.Tensor] = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
@@ -212,6 +218,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             "time": {"cluster": t_cluster, "train": res.seconds, "eval": t_eval, "epoch": time.perf_counter() - t_epoch},
             "best": stopper.best, "best_epoch": stopper.best_epoch, "world_size": size,
             "phase": "hard" if loss_fn.after_warmup(epoch) else "warmup",
+            **({"startup": startup} if epoch == start_epoch else {}),
         }, next_epoch)
 
     # Final: score the best weights on validation and test, on every rank (collectives).

@@ -30,6 +30,8 @@ def progress_line(rec: dict[str, Any], max_epochs: int, metric: str) -> str:
         f"best {metric}={rec.get('best', float('nan')):.4f}@{rec.get('best_epoch', -1)}",
         f"ETA<={format_duration(eta)}",
     ]
+    if "startup" in rec:
+        parts.append("startup " + " ".join(f"{k}={v:.1f}s" for k, v in rec["startup"].items() if k != "local_rows"))
     return " | ".join(parts)
 
 
