@@ -24,10 +24,10 @@ $(VENV)/.ds-warm: $(STAMP)
 	$(PY) -m fenrec_dist.distributed.warmup
 	@touch $@
 
-demo: $(STAMP)
+demo: $(STAMP) $(VENV)/.ds-warm
 	$(VENV)/bin/fenrec demo
 
-test: $(STAMP)
+test: $(STAMP) $(VENV)/.ds-warm
 	$(PY) -m pytest -q -m "not slow" --timeout=600
 
 test-all: $(STAMP)

@@ -25,3 +25,21 @@ def test_without_world_scaling_gradients_would_differ():
     ids, target, future, flen, intents = selfcheck._problem(16)
     _, rec_grads = selfcheck._step(selfcheck._model(), loss, ids[:16], ids[16:], target, future, flen, intents)
     assert max(float((s_grads[n] - rec_grads[n]).abs().max()) for n in s_grads) > 1e-4
+
+
+def test_distributed_evaluation_equals_single_process(tiny_data):
+    single, dist_res = selfcheck.compare_eval(str(tiny_data), world=2)
+    for split in ("valid", "test"):
+        assert set(single[split]) == set(dist_res[split])
+        for k, v in single[split].items():
+            assert dist_res[split][k] == pytest.approx(v, abs=1e-9), (split, k)
+        assert 0 < single[split]["HR@20"] <= 1
+
+
+def test_intents_clustered_once_across_ranks_agree_with_one_process():
+    import torch
+
+    ref, ranks = selfcheck.compare_intents(world=2)
+    for r in ranks:
+        assert torch.equal(r["centroids"], ref["centroids"])
+        assert torch.equal(r["assign"], ref["assign"])

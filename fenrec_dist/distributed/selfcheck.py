@@ -117,3 +117,87 @@ if __name__ == "__main__":
     d = compare()
     print(d)
     sys.exit(0 if d["grad"] < 1e-5 and d["coarse"] < 1e-5 and d["fine"] < 1e-5 else 1)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _eval_model(data_path: str):  # type: ignore[no-untyped-def]
+    from fenrec_dist.config import Config
+    from fenrec_dist.data.dataset import load_prepared
+
+    cfg = Config()
+    cfg.model.hidden = HIDDEN
+    cfg.eval.batch_size = 37  # uneven batches on purpose
+    data = load_prepared(data_path)
+    torch.manual_seed(0)
+    return cfg, data, build_encoder(cfg.model, data.num_items, data.max_len).eval()
+
+
+def _eval_worker(rank: int, world: int, port: int, data_path: str, out: str) -> None:
+    from fenrec_dist.distributed.worker import evaluate_distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg, data, model = _eval_model(data_path)
+        res = {s: evaluate_distributed(model, data, cfg, s, torch.device("cpu")) for s in ("valid", "test")}
+        if rank == 0:
+            torch.save(res, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def compare_eval(data_path: str, world: int = 2) -> tuple[dict, dict]:
+    """(single-process metrics, distributed metrics) for 'valid' and 'test' on ``data_path``."""
+    from fenrec_dist.metrics import finalize
+    from fenrec_dist.train.loop import evaluate_sums
+
+    cfg, data, model = _eval_model(data_path)
+    single = {s: finalize(evaluate_sums(model, data.eval, s, data.max_len, cfg.eval.batch_size,
+                                        cfg.eval.item_chunk, list(cfg.eval.ks), torch.device("cpu")))
+              for s in ("valid", "test")}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "eval.pt")
+        mp.spawn(_eval_worker, args=(world, _free_port(), data_path, out), nprocs=world, join=True)
+        distributed_res = torch.load(out, weights_only=True)
+    return single, distributed_res
+
+
+# --------------------------------------------------------------------------- intents
+
+
+def _intent_problem():  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    reprs = (rng.standard_normal((600, HIDDEN)) * 3).astype("float32")
+    return np.arange(600, dtype=np.int64), reprs
+
+
+def _intent_worker(rank: int, world: int, port: int, out: str) -> None:
+    from fenrec_dist.distributed.worker import cluster_across_ranks
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        ids, reprs = _intent_problem()
+        mine = ids % world == rank  # interleaved shards, as streaming splits hand them out
+        clusters = cluster_across_ranks(ids[mine][::-1].copy(), reprs[mine][::-1].copy(), 12, 10, 7,
+                                        torch.device("cpu"))
+        torch.save({"centroids": torch.from_numpy(clusters.centroids),
+                    "assign": torch.from_numpy(clusters.assign_numpy(reprs))}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def compare_intents(world: int = 2) -> tuple[dict, list[dict]]:
+    """Single-process k-means vs ``cluster_across_ranks`` on every rank."""
+    ids, reprs = _intent_problem()
+    single = IntentClusters.fit(reprs, 12, 10, seed=7)
+    ref = {"centroids": torch.from_numpy(single.centroids), "assign": torch.from_numpy(single.assign_numpy(reprs))}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "intents")
+        mp.spawn(_intent_worker, args=(world, _free_port(), out), nprocs=world, join=True)
+        ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(world)]
+    return ref, ranks

@@ -78,17 +78,26 @@ def materialize_shard(shard: Any, max_len: int, horizon: int) -> SampleTable:
     return samples.subset(np.argsort(samples.sample_id, kind="stable"))
 
 
+def cluster_across_ranks(sample_ids: np.ndarray, reprs: np.ndarray, k: int, niter: int, seed: int,
+                         device: torch.device) -> IntentClusters:
+    """k-means once over every rank's representations, in sample-id order (as in one
+    process), on rank 0; the centroids are broadcast so all ranks assign identically.
+
+    Args:
+        sample_ids: int64 [n_r] this rank's sample ids; reprs: float32 [n_r, d].
+    """
+    _, all_reprs = C.gather_rows_to_all(sample_ids, reprs, device)
+    rank, _ = C.world()
+    cents = IntentClusters.fit(all_reprs, k, niter, seed=seed).centroids if rank == 0 else None
+    return IntentClusters(C.broadcast_array(cents, (min(k, all_reprs.shape[0]), all_reprs.shape[1]), device))
+
+
 def fit_intents_distributed(encoder: SequenceEncoder, local: SampleTable, cfg: Config, epoch: int,
                             device: torch.device) -> IntentClusters:
-    """Each rank embeds its rows; k-means runs on rank 0 over all of them (in sample-id
-    order, as in one process); the centroids are broadcast so assignments agree."""
+    """Each rank embeds its rows (eval mode); see ``cluster_across_ranks``."""
     reprs = embed(encoder, local.inputs, cfg.intents.batch_size, device)
-    _, all_reprs = C.gather_rows_to_all(local.sample_id, reprs, device)
-    rank, _ = C.world()
-    cents = IntentClusters.fit(all_reprs, cfg.intents.k, cfg.intents.niter, seed=cfg.train.seed + epoch).centroids \
-        if rank == 0 else None
-    k = min(cfg.intents.k, all_reprs.shape[0])
-    return IntentClusters(C.broadcast_array(cents, (k, all_reprs.shape[1]), device))
+    return cluster_across_ranks(local.sample_id, reprs, cfg.intents.k, cfg.intents.niter, cfg.train.seed + epoch,
+                                device)
 
 
 def evaluate_distributed(encoder: SequenceEncoder, data: PreparedData, cfg: Config, split: str,
