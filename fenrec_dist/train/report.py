@@ -86,8 +86,10 @@ def plot_curves(run_dir: Path, metric: str = "NDCG@20") -> Path | None:
     recs = read_metrics(run_dir)
     if not recs:
         return None
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # plotting is optional on minimal GPU images
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

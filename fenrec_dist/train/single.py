@@ -86,6 +86,9 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     partners = PartnerIndex.build(data.train.target, data.num_items)
     step = torch_step(model, optimizer, cfg.train.grad_clip)
     lengths = data.train.input_len
+    from fenrec_dist.distributed.engine import use_bf16
+
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" and use_bf16(cfg, device) else None
     log(f"data {cfg.data.path}: {len(data.train):,} training samples, {len(data.eval.user):,} users, "
         f"{data.num_items:,} items | device {device} | {sum(p.numel() for p in model.parameters()):,} parameters")
 
@@ -101,7 +104,8 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
         batches = epoch_batches(lengths, cfg.train.batch_size, epoch_rng(cfg.train.seed, epoch),
                                 cfg.train.length_grouping, cfg.train.length_bucket_batches)
         res = train_epoch(model, model, step, data.train, partners, data.train, batches, loss_fn, epoch, intents,
-                          cfg.train.seed, device, progress=cfg.train.progress, num_batches=len(batches))
+                          cfg.train.seed, device, progress=cfg.train.progress, num_batches=len(batches),
+                          autocast=autocast)
         t0 = time.perf_counter()
         valid = evaluate_split(model, data, cfg, "valid", device)
         t_eval = time.perf_counter() - t0
