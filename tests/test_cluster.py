@@ -93,15 +93,22 @@ def entrypoints(data: Path, store: Path) -> dict[str, list[str]]:
     return out
 
 
-def dry_run(args: list[str], data: Path) -> tuple[dict, dict]:
-    cmd = [str(PYTHON if PYTHON.exists() else sys.executable), "ray_job.py", *args,
-           "--set", f"data.path={data}", "--dry-run"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"{shlex.join(cmd)}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    head, sep, plan = proc.stdout.partition("# plan\n")
-    assert sep and "# resolved config" in head, proc.stdout
-    cfg = yaml.safe_load(head.split("# resolved config", 1)[1])
-    return cfg, json.loads(plan)
+def dry_runs(all_args: dict[str, list[str]], data: Path) -> dict[str, tuple[dict, dict]]:
+    """``python ray_job.py ARGS --set data.path=DATA --dry-run`` for each entry, two at a time."""
+    python = str(PYTHON if PYTHON.exists() else sys.executable)
+    cmds = {k: [python, "ray_job.py", *a, "--set", f"data.path={data}", "--dry-run"] for k, a in all_args.items()}
+    out: dict[str, tuple[dict, dict]] = {}
+    names = list(cmds)
+    for i in range(0, len(names), 2):
+        procs = {k: subprocess.Popen(cmds[k], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for k in names[i:i + 2]}
+        for k, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 0, f"{k}: {shlex.join(cmds[k])}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+            head, sep, plan = stdout.partition("# plan\n")
+            assert sep and "# resolved config" in head, stdout
+            out[k] = (yaml.safe_load(head.split("# resolved config", 1)[1]), json.loads(plan))
+    return out
 
 
 def overrides(args: list[str]) -> dict[str, str]:
@@ -268,8 +275,9 @@ def test_rehearse_script() -> None:
 def test_entrypoints_dry_run_on_tiny_data(tiny_data: Path, tmp_path: Path) -> None:
     eps = entrypoints(tiny_data, tmp_path / "runs")
     assert {"rayjob", "rehearse"} <= set(eps) and any(k.startswith("readme-submit") for k in eps)
+    results = dry_runs(eps, tiny_data)
     for name, args in eps.items():
-        cfg, plan = dry_run(args, tiny_data)
+        cfg, plan = results[name]
         sets = overrides(args)
         assert plan["data"]["path"] == str(tiny_data), name
         assert plan["data"]["shards"] and all(Path(s).is_file() for s in plan["data"]["shards"]), name
