@@ -68,7 +68,7 @@ class NegativesConfig:
     warmup_epochs: int = _f(20, "Epochs of plain InfoNCE before hard/noise negatives and shaping.")
     sources: list[str] = _f(
         ["in_batch", "hard", "noise"],
-        "Negative samplers used after warm-up: any of in_batch, hard, noise, index.",
+        "Negative samplers used after warm-up: any of in_batch, hard, noise.",
     )
     hard_weight: float = _f(0.1, "Weight w of enduring hard negatives in the softmax denominator.")
     lam_min: float = _f(0.4, "Lower end of the hard-negative mix lam (pull toward the anchor).")
@@ -79,8 +79,6 @@ class NegativesConfig:
     shaping: bool = _f(True, "Similarity shaping of contrastive logits after warm-up.")
     tau: float = _f(8.0, "Shaping temperature tau in s * tanh(s / tau).")
     margin: float = _f(0.2, "Shaping margin m added to tanh for negatives.")
-    index_weight: float = _f(0.1, "Weight of FAISS-index-mined negatives in the denominator.")
-    index_k: int = _f(8, "Index-mined negatives per anchor.")
 
 
 @dataclass
@@ -280,7 +278,7 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-KNOWN_SOURCES = ("in_batch", "hard", "noise", "index")
+KNOWN_SOURCES = ("in_batch", "hard", "noise")  # "index" (FAISS-mined) is planned, not built yet
 
 
 def validate(cfg: Config) -> None:

@@ -97,7 +97,7 @@ def run_distributed(cfg: Config, run_dir: str | Path | None = None, address: str
     """Fit the TorchTrainer; returns final.json's content (best epoch, valid, test)."""
     import ray
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from fenrec_dist.distributed.worker import train_fn_per_worker
@@ -121,7 +121,9 @@ def run_distributed(cfg: Config, run_dir: str | Path | None = None, address: str
         logging_config=LoggingConfig(log_level=os.environ.get("FENREC_RAY_TRAIN_LOG_LEVEL", "WARNING")),
     )
     trainer = TorchTrainer(train_fn_per_worker, train_loop_config={"cfg": to_dict(cfg)},
-                           scaling_config=scaling, run_config=run_config, datasets={"train": ds})
+                           scaling_config=scaling, run_config=run_config, datasets={"train": ds},
+                           # not split by Ray: each worker keeps sample_id % world == rank (deterministic)
+                           dataset_config=DataConfig(datasets_to_split=[]))
     log(f"ray up in {t_ray:.1f}s; training {cfg.distributed.num_workers} worker(s) -> {storage}/{name}")
     result = trainer.fit()
     metrics = result.metrics or {}

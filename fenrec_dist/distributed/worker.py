@@ -68,13 +68,24 @@ def _before(hook, step):  # type: ignore[no-untyped-def]
     return wrapped
 
 
-def materialize_shard(shard: Any, max_len: int, horizon: int) -> SampleTable:
-    """This worker's rows from Ray Data, in sample-id order (so epoch plans are reproducible)."""
-    tables = [b for b in shard.iter_batches(batch_size=8192, batch_format="pyarrow", prefetch_batches=2)]
-    table = pa.concat_tables(tables) if tables else None
-    if table is None or table.num_rows == 0:
-        raise RuntimeError("this worker received no training rows; use fewer workers or more shards")
-    samples = table_to_samples(table, max_len, horizon)
+def materialize_shard(shard: Any, max_len: int, horizon: int, rank: int = 0, world_size: int = 1) -> SampleTable:
+    """This worker's rows from Ray Data, in sample-id order (so epoch plans are reproducible).
+
+    Every worker streams the dataset and keeps the rows with ``sample_id % world_size ==
+    rank``: the split is a pure function of the data, so a restarted worker (or a resumed
+    run) trains on exactly the same rows. (A streaming split would read each row once but
+    hands rows to whichever worker asks first, which broke exact resume.)
+    """
+    kept: list[pa.Table] = []
+    for b in shard.iter_batches(batch_size=8192, batch_format="pyarrow", prefetch_batches=2):
+        if world_size > 1:
+            ids = b.column("sample_id").to_numpy()
+            b = b.filter(pa.array(ids % world_size == rank))
+        if b.num_rows:
+            kept.append(b)
+    if not kept:
+        raise RuntimeError("this worker received no training rows; use fewer workers or more data")
+    samples = table_to_samples(pa.concat_tables(kept), max_len, horizon)
     return samples.subset(np.argsort(samples.sample_id, kind="stable"))
 
 
@@ -136,7 +147,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.train.threads)
     data = load_prepared(cfg.data.path, max_len=cfg.data.max_len)
     t_load = time.perf_counter()
-    local = materialize_shard(ray.train.get_dataset_shard("train"), data.max_len, data.horizon)
+    local = materialize_shard(ray.train.get_dataset_shard("train"), data.max_len, data.horizon, rank, size)
     t_ingest = time.perf_counter()
 
     torch.manual_seed(cfg.train.seed)

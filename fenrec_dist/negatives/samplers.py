@@ -4,8 +4,9 @@ All samplers share one interface so that ``negatives.sources`` picks which are u
 
 - ``in_batch``: the other rows of the batch (false negatives masked);
 - ``hard``: enduring hard negatives, the in-batch negatives pulled toward the anchor;
-- ``noise``: Gaussian vectors nudged toward the anchors (shared by both terms of a step);
-- ``index``: neighbours mined from the epoch's FAISS index (see fenrec_dist.negative_index).
+- ``noise``: Gaussian vectors nudged toward the anchors (shared by both terms of a step).
+
+(FAISS-index-mined negatives will join through the same interface.)
 """
 
 from __future__ import annotations
@@ -119,6 +120,4 @@ def build_samplers(cfg: NegativesConfig, after_warmup: bool) -> list[NegativeSam
             out.append(HardNegatives(cfg.hard_weight, cfg.lam_min, cfg.lam_max))
         elif src == "noise" and cfg.noise_ratio > 0:
             out.append(NoiseNegatives(cfg.noise_ratio, cfg.noise_steps, cfg.noise_step_size))
-        elif src == "index":
-            raise NotImplementedError("negatives.sources 'index' needs the FAISS negative index (not built yet)")
     return out

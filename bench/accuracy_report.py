@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Validation curve of a (possibly still running) training run: table + PNG.
+
+    .venv/bin/python bench/accuracy_report.py runs/beauty-ref [--png bench/results/beauty_valid_ndcg20.png]
+
+Reads RUN_DIR/metrics.jsonl and prints a markdown table of validation HR@20 / NDCG@20 /
+MRR per epoch (with the phase: warm-up or hard/noise negatives) and the best epoch so
+far; draws validation NDCG@20 per epoch as a PNG. If final.json exists, prints the test
+metrics of the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fenrec_dist.train.report import read_metrics  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir")
+    ap.add_argument("--png", default=None)
+    ap.add_argument("--metric", default="NDCG@20")
+    args = ap.parse_args()
+    run = Path(args.run_dir)
+    recs = read_metrics(run)
+    if not recs:
+        print(f"no metrics in {run}")
+        return 1
+    print(f"| epoch | phase | valid HR@20 | valid NDCG@20 | valid MRR | epoch s |")
+    print("|---|---|---|---|---|---|")
+    for r in recs:
+        v = r["valid"]
+        print(f"| {r['epoch']} | {r['phase']} | {v['HR@20']:.4f} | {v['NDCG@20']:.4f} | {v['MRR']:.4f} | "
+              f"{r['time']['epoch']:.0f} |")
+    best = max(recs, key=lambda r: r["valid"][args.metric])
+    print(f"\nbest valid {args.metric} {best['valid'][args.metric]:.4f} at epoch {best['epoch']} "
+          f"of {len(recs)} epochs run")
+    final = run / "final.json"
+    if final.exists():
+        print("test of best checkpoint: " + json.dumps(json.loads(final.read_text())["test"]))
+    if args.png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ep = [r["epoch"] for r in recs]
+        ax.plot(ep, [r["valid"][args.metric] for r in recs], marker=".", label=f"valid {args.metric}")
+        warm = [r["epoch"] for r in recs if r["phase"] == "warmup"]
+        if warm and len(warm) < len(recs):
+            ax.axvline(max(warm) + 0.5, color="gray", linestyle=":", label="hard/noise negatives on")
+        ax.axhline(0.0663, color="red", linestyle="--", label="ICSRec published test NDCG@20 (0.0663)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(args.metric)
+        ax.set_title(f"{run.name}: validation {args.metric} (full ranking)")
+        ax.legend()
+        fig.tight_layout()
+        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.png, dpi=110)
+        print(f"wrote {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
