@@ -15,7 +15,8 @@ import argparse
 import json
 import sys
 
-from fenrec_dist.config import ConfigError, dump_yaml, load_config
+from fenrec_dist.cli import run_reporting_errors
+from fenrec_dist.config import dump_yaml, load_config
 
 
 def dry_run(cfg, run_dir) -> dict:  # type: ignore[no-untyped-def]
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--address", help="Ray address (default: $RAY_ADDRESS)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit without training")
     args = ap.parse_args(argv)
-    try:
+
+    def run() -> int:
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:
             print("# resolved config\n" + dump_yaml(cfg))
@@ -53,16 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         final = run_distributed(cfg, args.out, address=args.address)
         print("FINAL " + json.dumps(final))
         return 0
-    except ConfigError as exc:
-        print(f"ray_job: config error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        from fenrec_dist.data.errors import DataError
 
-        if isinstance(exc, DataError):
-            print(f"ray_job: {exc}", file=sys.stderr)
-            return 2
-        raise
+    return run_reporting_errors("ray_job", run)
 
 
 if __name__ == "__main__":

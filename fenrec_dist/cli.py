@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from fenrec_dist.config import ConfigError, describe, dump_yaml, load_config
 
@@ -149,20 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def run_reporting_errors(prog: str, fn: Callable[[], int]) -> int:
+    """Run ``fn``; a ConfigError or DataError becomes one clear line on stderr and exit 2."""
+    from fenrec_dist.data.errors import DataError
+
+    try:
+        return int(fn() or 0)
+    except ConfigError as exc:
+        print(f"{prog}: config error: {exc}", file=sys.stderr)
+        return 2
+    except DataError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.fn(args) or 0)
-    except ConfigError as exc:
-        print(f"fenrec: config error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # DataError and friends: one clear line, non-zero exit
-        from fenrec_dist.data.errors import DataError
-
-        if isinstance(exc, DataError):
-            print(f"fenrec: {exc}", file=sys.stderr)
-            return 2
-        raise
+    return run_reporting_errors("fenrec", lambda: args.fn(args))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numpy as np
 from fenrec_dist.baselines import MarkovBaseline, evaluate_popularity
 from fenrec_dist.config import Config, load_config
 from fenrec_dist.data.dataset import PreparedData, load_prepared
-from fenrec_dist.train.loop import padded_ragged
+from fenrec_dist.train.loop import exclude_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,7 @@ def baseline_metrics(data: PreparedData, split: str = "test") -> dict[str, dict[
     counts = np.bincount(ev.history_values.astype(np.int64), minlength=data.num_items + 1)
     counts[0] = 0
     values, offsets = ev.sequences(split)
-    rows = np.arange(len(ev.user))
-    exclude = padded_ragged(values, offsets, rows)
+    exclude = exclude_block(values, offsets, 0, len(ev.user))
     last = values[offsets[1:] - 1].astype(np.int64)
     targets = ev.targets(split).astype(np.int64)
     hist = [ev.history_values[offsets_a:offsets_b] for offsets_a, offsets_b in

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fenrec_dist.data.dataset import same_target_index
+
 
 def epoch_rng(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:
     """Independent, deterministic numpy generator for (seed, epoch, stream)."""
@@ -67,10 +69,7 @@ class PartnerIndex:
     @classmethod
     def build(cls, target: np.ndarray, num_items: int) -> "PartnerIndex":
         target = np.asarray(target, dtype=np.int64)
-        order = np.argsort(target, kind="stable")
-        counts = np.bincount(target, minlength=num_items + 1)
-        offsets = np.zeros(len(counts) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
+        order, offsets = same_target_index(target, num_items)
         rank = np.empty(len(target), dtype=np.int64)
         rank[order] = np.arange(len(target)) - offsets[target[order]]
         return cls(order, offsets, rank)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fenrec_dist.data.dataset import EvalTable, SampleTable
+from fenrec_dist.data.dataset import EvalTable, SampleTable, right_pad
 from fenrec_dist.intents import IntentClusters
 from fenrec_dist.losses.fenrec import FENRecLoss
 from fenrec_dist.metrics import rank_metrics, target_ranks
@@ -162,16 +162,10 @@ def embed(encoder: SequenceEncoder, inputs: np.ndarray, batch_size: int, device:
     return out
 
 
-def padded_ragged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Rows of a ragged int array as a 0-padded int64 [len(rows), max_len] matrix."""
-    starts, ends = offsets[rows], offsets[rows + 1]
-    lens = ends - starts
-    width = int(lens.max()) if len(rows) else 0
-    out = np.zeros((len(rows), max(width, 1)), dtype=np.int64)
-    col = np.arange(max(width, 1))
-    mask = col[None, :] < lens[:, None]
-    out[mask] = values[(starts[:, None] + col[None, :])[mask]]
-    return out
+def exclude_block(values: np.ndarray, offsets: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows start..stop-1 of a ragged int array, right-padded with 0 to their longest row."""
+    offs = offsets[start : stop + 1]
+    return right_pad(values, offs, max(1, int(np.diff(offs).max(initial=0))))
 
 
 @torch.no_grad()
@@ -193,10 +187,10 @@ def evaluate_sums(
     items = encoder.item_weights().detach().float()
     sums: dict[str, float] = {}
     for i in range(0, len(inputs), batch_size):
-        rows = np.arange(i, min(i + batch_size, len(inputs)))
+        j = min(i + batch_size, len(inputs))
         ranks = target_ranks(
-            torch.from_numpy(reprs[rows]).to(device), items, to_tensor(targets[rows], device),
-            to_tensor(padded_ragged(ex_values, ex_offsets, rows), device), item_chunk,
+            torch.from_numpy(reprs[i:j]).to(device), items, to_tensor(targets[i:j], device),
+            to_tensor(exclude_block(ex_values, ex_offsets, i, j), device), item_chunk,
         )
         for k, v in rank_metrics(ranks, ks).items():
             sums[k] = sums.get(k, 0.0) + float(v)
