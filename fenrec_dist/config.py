@@ -68,7 +68,7 @@ class NegativesConfig:
     warmup_epochs: int = _f(20, "Epochs of plain InfoNCE before hard/noise negatives and shaping.")
     sources: list[str] = _f(
         ["in_batch", "hard", "noise"],
-        "Negative samplers used after warm-up: any of in_batch, hard, noise.",
+        "Negative samplers used after warm-up: any of in_batch, hard, noise, index (FAISS-mined).",
     )
     hard_weight: float = _f(0.1, "Weight w of enduring hard negatives in the softmax denominator.")
     lam_min: float = _f(0.4, "Lower end of the hard-negative mix lam (pull toward the anchor).")
@@ -79,6 +79,24 @@ class NegativesConfig:
     shaping: bool = _f(True, "Similarity shaping of contrastive logits after warm-up.")
     tau: float = _f(8.0, "Shaping temperature tau in s * tanh(s / tau).")
     margin: float = _f(0.2, "Shaping margin m added to tanh for negatives.")
+    index_weight: float = _f(0.1, "Weight of FAISS-index-mined negatives in the softmax denominator.")
+    index_k: int = _f(8, "Index-mined negatives per anchor (after the false-negative filter).")
+    index_candidates: int = _f(32, "Raw neighbours searched per anchor before filtering (> index_k).")
+    index_type: Literal["flat", "ivf", "hnsw"] = _f(
+        "ivf", "FAISS index above index_exact_below rows: flat (exact), ivf or hnsw; exact flat below."
+    )
+    index_exact_below: int = _f(50_000, "Rows under which the exact flat index is always used.")
+    index_nlist: int = _f(0, "IVF lists; 0 = about 4 * sqrt(rows).")
+    index_nprobe: int = _f(16, "IVF lists visited per query.")
+    index_hnsw_m: int = _f(32, "HNSW graph degree M.")
+    index_ef_search: int = _f(64, "HNSW efSearch.")
+    index_exclude_same_user: bool = _f(True, "The filter also drops samples of the anchor's user.")
+    index_device: Literal["auto", "cpu", "gpu"] = _f(
+        "auto", "FAISS on the GPU when CUDA and faiss-gpu are present (auto), or forced."
+    )
+    index_gpu_temp_mb: int = _f(256, "Temporary GPU memory of the FAISS GPU resources (MiB).")
+    index_save: bool = _f(True, "Save each epoch's index and neighbour metadata under RUN_DIR/negatives/.")
+    index_keep: int = _f(3, "Epochs of saved indexes kept (older ones are deleted; summaries stay).")
 
 
 @dataclass
@@ -102,6 +120,9 @@ class TrainConfig:
     threads: int = _f(0, "torch intra-op threads; 0 keeps torch's default.")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto, cpu or cuda.")
     progress: bool = _f(True, "Show a per-epoch progress bar.")
+    time_limit_min: float = _f(
+        0.0, "Stop starting new epochs after this many minutes (0 = none); the best checkpoint is still tested."
+    )
 
 
 @dataclass
@@ -278,7 +299,7 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-KNOWN_SOURCES = ("in_batch", "hard", "noise")  # "index" (FAISS-mined) is planned, not built yet
+KNOWN_SOURCES = ("in_batch", "hard", "noise", "index")
 
 
 def validate(cfg: Config) -> None:
@@ -288,6 +309,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"negatives.sources: unknown source {s!r} (known: {list(KNOWN_SOURCES)})")
     if not 0.0 <= cfg.negatives.lam_min <= cfg.negatives.lam_max <= 1.0:
         raise ConfigError("negatives.lam_min/lam_max: need 0 <= lam_min <= lam_max <= 1")
+    neg = cfg.negatives
+    if "index" in neg.sources and not 0 < neg.index_k < neg.index_candidates:
+        raise ConfigError("negatives.index_k/index_candidates: need 0 < index_k < index_candidates")
+    if neg.index_weight < 0:
+        raise ConfigError("negatives.index_weight: must be >= 0")
+    if neg.index_keep < 1:
+        raise ConfigError("negatives.index_keep: must be >= 1")
     if cfg.data.max_len < 1:
         raise ConfigError("data.max_len: must be >= 1")
     if cfg.data.horizon < 0:

@@ -65,12 +65,14 @@ def all_reduce_min(n: int, device: torch.device) -> int:
 
 
 def gather_rows_to_all(ids: np.ndarray, rows: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Gather (ids int64 [n_r], rows float32 [n_r, d]) from every rank, ordered by id."""
+    """Gather (ids int64 [n_r], rows [n_r, ...]) from every rank, ordered by id.
+
+    Rows keep their dtype (float32, int64, int8, ...)."""
     if not is_dist():
         order = np.argsort(ids, kind="stable")
         return ids[order], rows[order]
     t_ids = gather_with_grad(torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(device))
-    t_rows = gather_with_grad(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device))
+    t_rows = gather_with_grad(torch.from_numpy(np.ascontiguousarray(rows)).to(device))
     all_ids, all_rows = t_ids.cpu().numpy(), t_rows.cpu().numpy()
     order = np.argsort(all_ids, kind="stable")
     return all_ids[order], all_rows[order]

@@ -98,17 +98,55 @@ def cluster_across_ranks(sample_ids: np.ndarray, reprs: np.ndarray, k: int, nite
         sample_ids: int64 [n_r] this rank's sample ids; reprs: float32 [n_r, d].
     """
     _, all_reprs = C.gather_rows_to_all(sample_ids, reprs, device)
+    return cluster_gathered(all_reprs, k, niter, seed, device)
+
+
+def cluster_gathered(all_reprs: np.ndarray, k: int, niter: int, seed: int, device: torch.device) -> IntentClusters:
+    """k-means on rank 0 over the gathered representations float32 [N, d]; centroids broadcast."""
     rank, _ = C.world()
     cents = IntentClusters.fit(all_reprs, k, niter, seed=seed).centroids if rank == 0 else None
     return IntentClusters(C.broadcast_array(cents, (min(k, all_reprs.shape[0]), all_reprs.shape[1]), device))
 
 
+def epoch_representations_distributed(encoder: SequenceEncoder, local: SampleTable, cfg: Config, epoch: int,
+                                      device: torch.device, need_reprs: bool = False
+                                      ) -> tuple[IntentClusters | None, np.ndarray | None]:
+    """Each rank embeds its rows (eval mode); the representations of all samples are
+    gathered to every rank in sample-id order (float32 [N, d]) and clustered once (see
+    ``cluster_gathered``). Returns (intents or None, all representations or None)."""
+    if cfg.loss.beta_fine <= 0 and not need_reprs:
+        return None, None
+    reprs = embed(encoder, local.inputs, cfg.intents.batch_size, device)
+    _, all_reprs = C.gather_rows_to_all(local.sample_id, reprs, device)
+    intents = cluster_gathered(all_reprs, cfg.intents.k, cfg.intents.niter, cfg.train.seed + epoch, device) \
+        if cfg.loss.beta_fine > 0 else None
+    return intents, all_reprs
+
+
 def fit_intents_distributed(encoder: SequenceEncoder, local: SampleTable, cfg: Config, epoch: int,
                             device: torch.device) -> IntentClusters:
     """Each rank embeds its rows (eval mode); see ``cluster_across_ranks``."""
-    reprs = embed(encoder, local.inputs, cfg.intents.batch_size, device)
-    return cluster_across_ranks(local.sample_id, reprs, cfg.intents.k, cfg.intents.niter, cfg.train.seed + epoch,
-                                device)
+    return epoch_representations_distributed(encoder, local, cfg, epoch, device)[0]  # type: ignore[return-value]
+
+
+def make_refresher(cfg: Config, data: PreparedData, device: torch.device):  # type: ignore[no-untyped-def]
+    """The index refresher of this worker (rank 0 saves under the run's storage), or None."""
+    if "index" not in cfg.negatives.sources:
+        return None
+    import ray.train
+
+    from fenrec_dist.negatives.index import TrainingFacts
+    from fenrec_dist.negatives.refresh import IndexRefresher
+    from fenrec_dist.negatives.store import NegativesStore
+
+    rank, size = C.world()
+    store = None
+    if rank == 0:
+        storage = ray.train.get_context().get_storage()
+        store = NegativesStore(storage.experiment_fs_path, storage.storage_filesystem)
+    return IndexRefresher(cfg, TrainingFacts.from_table(data.train), store, rank, size,
+                          gather_rows=lambda ids, rows: C.gather_rows_to_all(ids, rows, device),
+                          gpu_id=(device.index or 0) if device.type == "cuda" else 0)
 
 
 def evaluate_distributed(encoder: SequenceEncoder, data: PreparedData, cfg: Config, split: str,
@@ -210,21 +248,44 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 save_state(t / "best_model.pt", best_state)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
+    refresher = make_refresher(cfg, data, device)
     next_epoch = start_epoch
     for epoch in range(start_epoch, cfg.train.epochs):
         if stopper.should_stop:
             break
+        time_up = cfg.train.time_limit_min > 0 and time.perf_counter() - t_start >= 60.0 * cfg.train.time_limit_min
+        if C.all_reduce_min(int(not time_up), device) == 0:
+            if rank == 0:
+                print(f"[fenrec] train.time_limit_min={cfg.train.time_limit_min} reached; stopping before epoch {epoch}",
+                      flush=True)
+            break
         t_epoch = time.perf_counter()
         t0 = time.perf_counter()
-        intents = fit_intents_distributed(encoder, local, cfg, epoch, device) if cfg.loss.beta_fine > 0 else None
+        intents, reprs = epoch_representations_distributed(encoder, local, cfg, epoch, device,
+                                                           need_reprs=refresher is not None)
         t_cluster = time.perf_counter() - t0
+        index = None
+        if refresher is not None:
+            t0 = time.perf_counter()
+            index = refresher.refresh(epoch, reprs, device, intents)
+            t_index = time.perf_counter() - t0
         batches = epoch_batches(local.input_len, cfg.train.batch_size, epoch_rng(cfg.train.seed, epoch, rank),
                                 cfg.train.length_grouping, cfg.train.length_bucket_batches)
         batches = batches[: C.all_reduce_min(len(batches), device)]  # collectives need equal step counts
         hook = fault_injector(epoch, rank)
         epoch_step = step if hook is None else _before(hook, step)
         res = train_epoch(net, encoder, epoch_step, local, partners, data.train, batches, loss_fn, epoch, intents,
-                          cfg.train.seed, device, rank=rank, progress=False, num_batches=len(batches))
+                          cfg.train.seed, device, rank=rank, progress=False, num_batches=len(batches), index=index)
+        neg_rec = None
+        if refresher is not None:
+            from fenrec_dist.train.single import negatives_record
+
+            stats = {}
+            if loss_fn.after_warmup(epoch):  # same on every rank, so the collective matches
+                stats = {k: v / size for k, v in C.all_reduce_sums(
+                    {k: res.stats.get(k, 0.0) for k in ("cos_in_batch", "cos_index", "index_used")}, device).items()}
+            refresher.record_training(epoch, stats)
+            neg_rec = negatives_record(refresher.summary, stats) if rank == 0 else None
         t0 = time.perf_counter()
         valid = evaluate_distributed(encoder, data, cfg, "valid", device)
         t_eval = time.perf_counter() - t0
@@ -235,7 +296,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         next_epoch = epoch + 1
         report({
             "epoch": epoch, "loss": losses, "valid": valid, "samples_per_s": samples / max(res.seconds, 1e-9),
-            "time": {"cluster": t_cluster, "train": res.seconds, "eval": t_eval, "epoch": time.perf_counter() - t_epoch},
+            "time": {"cluster": t_cluster, **({"index": t_index} if refresher is not None else {}),
+                     "train": res.seconds, "eval": t_eval, "epoch": time.perf_counter() - t_epoch},
+            **({"negatives": neg_rec} if neg_rec else {}),
             "best": stopper.best, "best_epoch": stopper.best_epoch, "world_size": size,
             "phase": "hard" if loss_fn.after_warmup(epoch) else "warmup",
             **({"startup": startup} if epoch == start_epoch else {}),

@@ -7,8 +7,8 @@ join and similarity shaping is applied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -18,6 +18,9 @@ from fenrec_dist.losses.intent_contrast import contrast_loss, make_contrast_batc
 from fenrec_dist.losses.shaping import Shaping
 from fenrec_dist.losses.soft_labels import soft_label_loss
 from fenrec_dist.negatives.samplers import NoiseNegatives, StepContext, build_samplers
+
+if TYPE_CHECKING:
+    from fenrec_dist.negatives.refresh import EpochIndex
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
@@ -37,6 +40,7 @@ class LossParts:
     coarse: torch.Tensor
     fine: torch.Tensor
     objective: torch.Tensor | None = None
+    stats: dict[str, float] = field(default_factory=dict)  # negative diagnostics (index runs)
 
     def as_floats(self) -> dict[str, float]:
         return {k: float(getattr(self, k).detach()) for k in ("total", "rec", "coarse", "fine")}
@@ -80,6 +84,9 @@ class FENRecLoss:
         epoch: int,
         intents: IntentClusters | None,
         generator: torch.Generator,
+        anchor_ids: torch.Tensor | None = None,
+        partner_ids: torch.Tensor | None = None,
+        index: "EpochIndex | None" = None,
     ) -> LossParts:
         """Loss of a batch.
 
@@ -91,6 +98,9 @@ class FENRecLoss:
             epoch: 0-based epoch (selects the warm-up phase).
             intents: this epoch's clusters, or None to skip the fine term.
             generator: CPU generator for lam and noise draws.
+            anchor_ids, partner_ids: long [B] sample ids of anchors and partners (needed by
+                index-mined negatives).
+            index: the epoch's refreshed negative index, or None.
         """
         cfg = self.loss_cfg
         logits = z1 @ item_weights.t()
@@ -102,9 +112,18 @@ class FENRecLoss:
 
         g1, g2, gt = self.gather(z1), self.gather(z2), self.gather(target)
         shaping = self.shaping(epoch)
-        samplers = build_samplers(self.neg_cfg, self.after_warmup(epoch))
+        samplers = build_samplers(self.neg_cfg, self.after_warmup(epoch), index)
         ctx = StepContext(generator=generator)
         coarse_batch = make_contrast_batch(g1, g2, gt, cfg.temperature)
+        use_index = any(s.name == "index" for s in samplers)
+        keys1 = keys2 = None
+        stats: dict[str, list[float]] = {}
+        if use_index:
+            if anchor_ids is None or partner_ids is None:
+                raise ValueError("index-mined negatives need anchor_ids and partner_ids")
+            keys1, keys2 = self.gather(anchor_ids), self.gather(partner_ids)
+            ctx.extras["row_keys"] = torch.cat([keys1, keys2])
+            stats["cos_in_batch"] = [in_batch_cosine(coarse_batch)]
         noise = [s for s in samplers if isinstance(s, NoiseNegatives)]
         others = [s for s in samplers if not isinstance(s, NoiseNegatives)]
         for s in noise:
@@ -114,13 +133,31 @@ class FENRecLoss:
             return [blk for s in samplers for blk in s.blocks(batch, ctx)]
 
         if cfg.lambda_coarse > 0:
+            if use_index:
+                ctx.extras["stats"] = stats
             coarse = contrast_loss(coarse_batch, blocks(coarse_batch), shaping)
+            ctx.extras.pop("stats", None)
         if cfg.beta_fine > 0 and intents is not None:
-            for view in (g1, g2):
+            for view, keys in ((g1, keys1), (g2, keys2)):
                 ids, cents = intents.assign(view)
                 fb = make_contrast_batch(view, cents, ids, cfg.temperature)
+                if use_index:
+                    # both rows of a pair (the sample and its centroid) use the sample's negatives;
+                    # mined negatives of the row's own intent are masked, as in-batch ones are
+                    ctx.extras["row_keys"] = torch.cat([keys, keys])
+                    ctx.extras["row_groups"] = torch.cat([ids, ids])
                 fine = fine + contrast_loss(fb, blocks(fb), shaping)
         contrast = cfg.lambda_coarse * coarse + cfg.beta_fine * fine
         total = rec + contrast
         objective = total if self.world_size == 1 else rec + self.world_size * contrast
-        return LossParts(total, rec, coarse, fine, objective)
+        return LossParts(total, rec, coarse, fine, objective,
+                         stats={k: sum(v) / len(v) for k, v in stats.items() if v})
+
+
+@torch.no_grad()
+def in_batch_cosine(batch) -> float:  # type: ignore[no-untyped-def]
+    """Mean cosine of every row to its valid in-batch negatives (a hardness diagnostic)."""
+    zn = torch.nn.functional.normalize(batch.z.detach(), dim=1)
+    cos = zn @ zn.t()
+    ok = ~batch.mask
+    return float(cos[ok].mean()) if bool(ok.any()) else float("nan")

@@ -4,23 +4,27 @@ All samplers share one interface so that ``negatives.sources`` picks which are u
 
 - ``in_batch``: the other rows of the batch (false negatives masked);
 - ``hard``: enduring hard negatives, the in-batch negatives pulled toward the anchor;
-- ``noise``: Gaussian vectors nudged toward the anchors (shared by both terms of a step).
-
-(FAISS-index-mined negatives will join through the same interface.)
+- ``noise``: Gaussian vectors nudged toward the anchors (shared by both terms of a step);
+- ``index``: each anchor's neighbours mined from the epoch's FAISS index
+  (``negatives/refresh.py``), pulled toward the anchor like the hard negatives.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from fenrec_dist.config import NegativesConfig
 from fenrec_dist.losses.hard_negatives import hard_negative_logits, sample_lam
 from fenrec_dist.losses.intent_contrast import ContrastBatch, NegativeBlock, denominator_lse
+from fenrec_dist.losses.mined_negatives import mined_negative_logits
 from fenrec_dist.losses.noise_negatives import draw_noise, nudge_noise
 from fenrec_dist.losses.shaping import Shaping
+
+if TYPE_CHECKING:
+    from fenrec_dist.negatives.refresh import EpochIndex
 
 
 @dataclass
@@ -29,7 +33,11 @@ class StepContext:
 
     generator: CPU generator of this step's random draws (lam, noise).
     noise: float [R, d] nudged noise negatives of this step, or None.
-    extras: sampler-specific per-step data (e.g. index-mined keys).
+    extras: per-term data set by the loss before each term's blocks are built:
+        "row_keys": long [N] sample id whose mined negatives row n uses;
+        "row_groups": long [N] the term's group of row n when groups are intents
+        (index-mined negatives of the same intent are then masked), absent otherwise;
+        "stats": dict of lists, diagnostics the samplers append to.
     """
 
     generator: torch.Generator
@@ -108,8 +116,47 @@ class NoiseNegatives:
         return [NegativeBlock(batch.z @ ctx.noise.t() / batch.temperature, 1.0, None)]
 
 
-def build_samplers(cfg: NegativesConfig, after_warmup: bool) -> list[NegativeSampler]:
-    """The samplers in use: in-batch only before the warm-up ends, ``cfg.sources`` after."""
+class IndexNegatives:
+    """Each anchor's ``index_k`` mined neighbours (epoch-start vectors, constants), pulled
+    toward the anchor by lam ~ U[lam_min, lam_max], with their own weight."""
+
+    name = "index"
+
+    def __init__(self, index: "EpochIndex", weight: float, lam_min: float, lam_max: float) -> None:
+        self.index = index
+        self.weight = weight
+        self.lam_min = lam_min
+        self.lam_max = lam_max
+
+    def blocks(self, batch: ContrastBatch, ctx: StepContext) -> list[NegativeBlock]:
+        keys = ctx.extras.get("row_keys")
+        if keys is None:
+            return []
+        nb = self.index.neighbors[keys.to(self.index.neighbors.device)].to(batch.z.device)  # [N, k]
+        missing = nb < 0
+        safe = nb.clamp_min(0)
+        vecs = self.index.vectors.to(batch.z.device)[safe]  # [N, k, d]
+        mask = missing
+        groups = ctx.extras.get("row_groups")
+        if groups is not None and self.index.intent_of is not None:
+            mask = mask | (self.index.intent_of.to(batch.z.device)[safe] == groups[:, None])
+        lam = sample_lam(tuple(nb.shape), self.lam_min, self.lam_max, ctx.generator)
+        if isinstance(lam, torch.Tensor):
+            lam = lam.to(batch.z.device)
+        logits = mined_negative_logits(batch.z, vecs, lam) / batch.temperature
+        stats = ctx.extras.get("stats")
+        if stats is not None:
+            with torch.no_grad():
+                cos = torch.nn.functional.cosine_similarity(batch.z.detach()[:, None, :], vecs, dim=2)
+                ok = ~mask
+                stats.setdefault("cos_index", []).append(float(cos[ok].mean()) if ok.any() else float("nan"))
+                stats.setdefault("index_used", []).append(float(ok.float().sum(dim=1).mean()))
+        return [NegativeBlock(logits, self.weight, mask)]
+
+
+def build_samplers(cfg: NegativesConfig, after_warmup: bool, index: "EpochIndex | None" = None) -> list[NegativeSampler]:
+    """The samplers in use: in-batch only before the warm-up ends, ``cfg.sources`` after
+    (``index`` needs the epoch's refreshed index)."""
     if not after_warmup:
         return [InBatchNegatives()]
     out: list[NegativeSampler] = []
@@ -120,4 +167,6 @@ def build_samplers(cfg: NegativesConfig, after_warmup: bool) -> list[NegativeSam
             out.append(HardNegatives(cfg.hard_weight, cfg.lam_min, cfg.lam_max))
         elif src == "noise" and cfg.noise_ratio > 0:
             out.append(NoiseNegatives(cfg.noise_ratio, cfg.noise_steps, cfg.noise_step_size))
+        elif src == "index" and cfg.index_weight > 0 and index is not None:
+            out.append(IndexNegatives(index, cfg.index_weight, cfg.lam_min, cfg.lam_max))
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from fenrec_dist.losses.fenrec import FENRecLoss
 from fenrec_dist.metrics import rank_metrics, target_ranks
 from fenrec_dist.model.base import SequenceEncoder
 from fenrec_dist.train.batches import PartnerIndex, epoch_rng, to_tensor
+
+if TYPE_CHECKING:
+    from fenrec_dist.negatives.refresh import EpochIndex
 
 StepFn = Callable[[torch.Tensor], None]
 
@@ -55,6 +58,7 @@ def encode_by_length(net: Callable[[torch.Tensor], torch.Tensor], ids: np.ndarra
 @dataclass
 class EpochResult:
     losses: dict[str, float] = field(default_factory=dict)  # means over batches
+    stats: dict[str, float] = field(default_factory=dict)  # negative diagnostics, means over batches
     samples: int = 0
     seconds: float = 0.0
 
@@ -86,6 +90,7 @@ def train_epoch(
     progress: bool = False,
     num_batches: int | None = None,
     autocast: Callable[[], object] | None = None,
+    index: "EpochIndex | None" = None,
 ) -> EpochResult:
     """One epoch of FENRec training.
 
@@ -99,6 +104,7 @@ def train_epoch(
         batches: int arrays of row indices of ``table``.
         loss_fn, epoch, intents: the objective, the 0-based epoch, this epoch's clusters.
         seed, rank: make the partner draws and the step generator deterministic.
+        index: the epoch's refreshed negative index (``negatives.sources`` has ``index``), or None.
     """
     if hasattr(net, "train"):
         net.train()  # type: ignore[union-attr]
@@ -106,6 +112,8 @@ def train_epoch(
     rng = epoch_rng(seed, epoch, 1000 + rank)
     gen = step_generator(seed, epoch)
     sums: dict[str, float] = {}
+    stat_sums: dict[str, float] = {}
+    stat_counts: dict[str, int] = {}
     n_batches = 0
     samples = 0
     t0 = time.perf_counter()
@@ -125,18 +133,26 @@ def train_epoch(
             z[:bsz], z[bsz:], encoder.item_weights().float(),
             to_tensor(table.target[b], device), to_tensor(table.future[b], device),
             to_tensor(table.future_len[b], device), epoch, intents, gen,
+            anchor_ids=to_tensor(table.sample_id[b], device) if index is not None else None,
+            partner_ids=to_tensor(partner_table.sample_id[p], device) if index is not None else None,
+            index=index,
         )
         if not torch.isfinite(parts.total):
             raise FloatingPointError(f"non-finite loss at epoch {epoch}, batch {n_batches}: {parts.as_floats()}")
         step(parts.objective if parts.objective is not None else parts.total)
         for k, v in parts.as_floats().items():
             sums[k] = sums.get(k, 0.0) + v
+        for k, v in parts.stats.items():
+            if np.isfinite(v):
+                stat_sums[k] = stat_sums.get(k, 0.0) + v
+                stat_counts[k] = stat_counts.get(k, 0) + 1
         n_batches += 1
         samples += bsz
         if progress and n_batches % 20 == 0:
             bar.set_postfix(loss=f"{sums['total'] / n_batches:.4f}")
     bar.close()
-    return EpochResult({k: v / max(n_batches, 1) for k, v in sums.items()}, samples, time.perf_counter() - t0)
+    return EpochResult(losses={k: v / max(n_batches, 1) for k, v in sums.items()}, samples=samples,
+                       seconds=time.perf_counter() - t0, stats={k: v / stat_counts[k] for k, v in stat_sums.items()})
 
 
 @torch.no_grad()

@@ -30,6 +30,13 @@ def progress_line(rec: dict[str, Any], max_epochs: int, metric: str) -> str:
         f"best {metric}={rec.get('best', float('nan')):.4f}@{rec.get('best_epoch', -1)}",
         f"ETA<={format_duration(eta)}",
     ]
+    neg = rec.get("negatives")
+    if neg:
+        fig = [f"fn={neg['raw_fn_rate']:.0%}" if "raw_fn_rate" in neg else "",
+               f"cos mined={neg['mined_cos']:.3f}" if "mined_cos" in neg else "",
+               f"used={neg['train_cos_index']:.3f}" if "train_cos_index" in neg else "",
+               f"in-batch={neg['train_cos_in_batch']:.3f}" if "train_cos_in_batch" in neg else ""]
+        parts.insert(4, "index " + " ".join(f for f in fig if f))
     if "startup" in rec:
         parts.append("startup " + " ".join(f"{k}={v:.1f}s" for k, v in rec["startup"].items() if k != "local_rows"))
     return " | ".join(parts)

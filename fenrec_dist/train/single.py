@@ -36,8 +36,25 @@ def resolve_device(name: str) -> torch.device:
 
 def fit_intents(encoder: SequenceEncoder, data: PreparedData, cfg: Config, epoch: int, device: torch.device) -> IntentClusters:
     """Embed every training sample in eval mode and run FAISS k-means on them."""
+    return epoch_representations(encoder, data, cfg, epoch, device)[0]  # type: ignore[return-value]
+
+
+def epoch_representations(encoder: SequenceEncoder, data: PreparedData, cfg: Config, epoch: int,
+                          device: torch.device, need_reprs: bool = False) -> tuple[IntentClusters | None, np.ndarray | None]:
+    """The epoch-start pass: eval-mode representations float32 [N, d] of every training
+    sample (by sample id), k-means intents on them when the fine term is on. Returns
+    (intents or None, representations or None when neither needs them)."""
+    if cfg.loss.beta_fine <= 0 and not need_reprs:
+        return None, None
     reprs = embed(encoder, data.train.inputs, cfg.intents.batch_size, device)
-    return IntentClusters.fit(reprs, cfg.intents.k, cfg.intents.niter, seed=cfg.train.seed + epoch)
+    intents = IntentClusters.fit(reprs, cfg.intents.k, cfg.intents.niter, seed=cfg.train.seed + epoch) \
+        if cfg.loss.beta_fine > 0 else None
+    return intents, reprs
+
+
+def uses_index(cfg: Config) -> bool:
+    """Whether the run refreshes a FAISS negative index each epoch."""
+    return "index" in cfg.negatives.sources
 
 
 def evaluate_split(encoder: SequenceEncoder, data: PreparedData, cfg: Config, split: str, device: torch.device) -> dict[str, float]:
@@ -89,23 +106,39 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     from fenrec_dist.distributed.engine import use_bf16
 
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" and use_bf16(cfg, device) else None
+    refresher = None
+    if uses_index(cfg):
+        from fenrec_dist.negatives.index import TrainingFacts
+        from fenrec_dist.negatives.refresh import IndexRefresher
+        from fenrec_dist.negatives.store import NegativesStore
+
+        refresher = IndexRefresher(cfg, TrainingFacts.from_table(data.train), NegativesStore(str(run_dir.resolve())))
+    t_start = time.perf_counter()
     log(f"data {cfg.data.path}: {len(data.train):,} training samples, {len(data.eval.user):,} users, "
         f"{data.num_items:,} items | device {device} | {sum(p.numel() for p in model.parameters()):,} parameters")
 
     for epoch in range(start_epoch, cfg.train.epochs):
         if stopper.should_stop:
             break
+        if time_is_up(cfg, t_start):
+            log(f"train.time_limit_min={cfg.train.time_limit_min} reached; stopping before epoch {epoch}")
+            break
         t_epoch = time.perf_counter()
-        intents = None
         t0 = time.perf_counter()
-        if cfg.loss.beta_fine > 0:
-            intents = fit_intents(model, data, cfg, epoch, device)
+        intents, reprs = epoch_representations(model, data, cfg, epoch, device, need_reprs=refresher is not None)
         t_cluster = time.perf_counter() - t0
+        index = None
+        if refresher is not None:
+            t0 = time.perf_counter()
+            index = refresher.refresh(epoch, reprs, device, intents)
+            t_index = time.perf_counter() - t0
         batches = epoch_batches(lengths, cfg.train.batch_size, epoch_rng(cfg.train.seed, epoch),
                                 cfg.train.length_grouping, cfg.train.length_bucket_batches)
         res = train_epoch(model, model, step, data.train, partners, data.train, batches, loss_fn, epoch, intents,
                           cfg.train.seed, device, progress=cfg.train.progress, num_batches=len(batches),
-                          autocast=autocast)
+                          autocast=autocast, index=index)
+        if refresher is not None:
+            refresher.record_training(epoch, res.stats)
         t0 = time.perf_counter()
         valid = evaluate_split(model, data, cfg, "valid", device)
         t_eval = time.perf_counter() - t0
@@ -114,10 +147,12 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
             save_state(best_path, {"model": model.state_dict(), "epoch": epoch, "valid": valid})
         rec = {
             "epoch": epoch, "loss": res.losses, "valid": valid, "samples_per_s": res.samples_per_s,
-            "time": {"cluster": t_cluster, "train": res.seconds, "eval": t_eval,
-                     "epoch": time.perf_counter() - t_epoch},
+            "time": {"cluster": t_cluster, **({"index": t_index} if refresher is not None else {}),
+                     "train": res.seconds, "eval": t_eval, "epoch": time.perf_counter() - t_epoch},
             "best": stopper.best, "best_epoch": stopper.best_epoch, "phase": "hard" if loss_fn.after_warmup(epoch) else "warmup",
         }
+        if refresher is not None:
+            rec["negatives"] = negatives_record(refresher.summary, res.stats)
         log_file.write(rec)
         save_state(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "early_stopping": stopper.state_dict(), "epoch": epoch + 1, "rng": rng_state()})
@@ -125,6 +160,21 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     log_file.close()
     plot_curves(run_dir, cfg.eval.metric)
     return finish(run_dir, cfg, data, device, log)
+
+
+def time_is_up(cfg: Config, t_start: float) -> bool:
+    """``train.time_limit_min`` has passed since training started (0 = never)."""
+    return cfg.train.time_limit_min > 0 and time.perf_counter() - t_start >= 60.0 * cfg.train.time_limit_min
+
+
+def negatives_record(summary: dict[str, Any] | None, train_stats: dict[str, float]) -> dict[str, float]:
+    """The metrics.jsonl ``negatives`` entry of an index run: filter and hardness figures."""
+    out = {f"train_{k}": v for k, v in train_stats.items()}
+    if summary:
+        for k in ("raw_fn_rate", "mined_cos", "random_cos", "kept_per_anchor", "overlap_prev"):
+            if summary.get(k) is not None:
+                out[k] = float(summary[k])
+    return out
 
 
 def finish(run_dir: Path, cfg: Config, data: PreparedData, device: torch.device, log=print) -> dict[str, Any]:
