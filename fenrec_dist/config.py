@@ -86,8 +86,8 @@ class NegativesConfig:
         "ivf", "FAISS index above index_exact_below rows: flat (exact), ivf or hnsw; exact flat below."
     )
     index_exact_below: int = _f(50_000, "Rows under which the exact flat index is always used.")
-    index_nlist: int = _f(0, "IVF lists; 0 = about 4 * sqrt(rows).")
-    index_nprobe: int = _f(16, "IVF lists visited per query.")
+    index_nlist: int = _f(0, "IVF lists; 0 = the epoch's intent clusters (else about 4 * sqrt(rows), trained).")
+    index_nprobe: int = _f(4, "IVF lists visited per query.")
     index_hnsw_m: int = _f(32, "HNSW graph degree M.")
     index_ef_search: int = _f(64, "HNSW efSearch.")
     index_exclude_same_user: bool = _f(True, "The filter also drops samples of the anchor's user.")

@@ -40,44 +40,69 @@ def _problem(global_batch: int, seed: int = 0):  # type: ignore[no-untyped-def]
     return ids, target, future, flen, IntentClusters(cents)
 
 
+INDEX_ROWS, INDEX_K = 50, 4
+
+
+def _index_problem(global_batch: int, seed: int = 1):  # type: ignore[no-untyped-def]
+    """(anchor ids [B], partner ids [B], EpochIndex) for the index-negatives check."""
+    from fenrec_dist.negatives.refresh import EpochIndex
+
+    g = torch.Generator().manual_seed(seed)
+    nb = torch.randint(0, INDEX_ROWS, (INDEX_ROWS, INDEX_K), generator=g)
+    nb[torch.rand(INDEX_ROWS, INDEX_K, generator=g) < 0.2] = -1  # some anchors have fewer negatives
+    index = EpochIndex(epoch=0, vectors=torch.randn(INDEX_ROWS, HIDDEN, generator=g), neighbors=nb,
+                       intent_of=torch.randint(0, 6, (INDEX_ROWS,), generator=g), index=None)  # type: ignore[arg-type]
+    aid = torch.randint(0, INDEX_ROWS, (global_batch,), generator=g)
+    pid = torch.randint(0, INDEX_ROWS, (global_batch,), generator=g)
+    return aid, pid, index
+
+
 def _model():  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     return build_encoder(ModelConfig(hidden=HIDDEN, heads=2, dropout=0.0, attn_dropout=0.0), ITEMS, MAX_LEN)
 
 
-def _loss(world: int, gather=None) -> FENRecLoss:  # type: ignore[no-untyped-def]
-    neg = NegativesConfig(warmup_epochs=0, sources=["in_batch", "hard", "noise"], lam_min=0.3, lam_max=0.5,
-                          noise_ratio=1.0)
+def _loss(world: int, gather=None, index: bool = False) -> FENRecLoss:  # type: ignore[no-untyped-def]
+    sources = ["in_batch", "hard", "noise"] + (["index"] if index else [])
+    neg = NegativesConfig(warmup_epochs=0, sources=sources, lam_min=0.3, lam_max=0.5, noise_ratio=1.0,
+                          index_weight=0.5)
     kw = {"gather": gather} if gather else {}
     return FENRecLoss(LossConfig(lambda_coarse=0.3, beta_fine=0.1), neg, world_size=world, **kw)
 
 
-def _step(model, loss_fn, ids_a, ids_p, target, future, flen, intents):  # type: ignore[no-untyped-def]
+def _step(model, loss_fn, ids_a, ids_p, target, future, flen, intents, index=None):  # type: ignore[no-untyped-def]
     b = ids_a.shape[0]
     z = model(torch.cat([ids_a, ids_p]))
+    kw = {"anchor_ids": index[0], "partner_ids": index[1], "index": index[2]} if index is not None else {}
     parts = loss_fn(z[:b], z[b:], model.item_weights(), target, future, flen, epoch=1, intents=intents,
-                    generator=torch.Generator().manual_seed(123))
+                    generator=torch.Generator().manual_seed(123), **kw)
     parts.objective.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     return parts, grads
 
 
-def single_process(global_batch: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+def single_process(global_batch: int, index: bool = False) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     ids, target, future, flen, intents = _problem(global_batch)
-    parts, grads = _step(_model(), _loss(1), ids[:global_batch], ids[global_batch:], target, future, flen, intents)
+    idx = _index_problem(global_batch) if index else None
+    parts, grads = _step(_model(), _loss(1, index=index), ids[:global_batch], ids[global_batch:], target, future,
+                         flen, intents, idx)
     return parts.as_floats(), grads
 
 
-def _worker(rank: int, world: int, port: int, global_batch: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, global_batch: int, out: str, index: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         ids, target, future, flen, intents = _problem(global_batch)
         b = global_batch // world
         sl = slice(rank * b, (rank + 1) * b)
+        idx = None
+        if index:
+            aid, pid, ei = _index_problem(global_batch)
+            idx = (aid[sl], pid[sl], ei)
         model = _model()
-        parts, _ = _step(model, _loss(world, gather_with_grad), ids[:global_batch][sl], ids[global_batch:][sl],
-                         target[sl], future[sl], flen[sl], intents)
+        parts, _ = _step(model, _loss(world, gather_with_grad, index), ids[:global_batch][sl], ids[global_batch:][sl],
+                         target[sl], future[sl], flen[sl], intents, idx)
         grads = {}
         for n, p in model.named_parameters():  # what DDP / DeepSpeed do: average over ranks
             if p.grad is not None:
@@ -95,18 +120,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def distributed(world: int, global_batch: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+def distributed(world: int, global_batch: int, index: bool = False) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "rank0.pt")
-        mp.spawn(_worker, args=(world, _free_port(), global_batch, out), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, _free_port(), global_batch, out, index), nprocs=world, join=True)
         res = torch.load(out, weights_only=True)
     return res["parts"], res["grads"]
 
 
-def compare(world: int = 2, global_batch: int = 16) -> dict[str, float]:
-    """Max absolute differences of the contrastive losses and of every gradient."""
-    s_parts, s_grads = single_process(global_batch)
-    d_parts, d_grads = distributed(world, global_batch)
+def compare(world: int = 2, global_batch: int = 16, index: bool = False) -> dict[str, float]:
+    """Max absolute differences of the contrastive losses and of every gradient
+    (``index``: with index-mined negatives as well)."""
+    s_parts, s_grads = single_process(global_batch, index)
+    d_parts, d_grads = distributed(world, global_batch, index)
     diffs = {k: abs(s_parts[k] - d_parts[k]) for k in ("coarse", "fine")}
     diffs["grad"] = max(float((s_grads[n] - d_grads[n]).abs().max()) for n in s_grads)
     diffs["grad_keys_match"] = float(set(s_grads) == set(d_grads))
@@ -201,3 +227,60 @@ def compare_intents(world: int = 2) -> tuple[dict, list[dict]]:
         mp.spawn(_intent_worker, args=(world, _free_port(), out), nprocs=world, join=True)
         ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(world)]
     return ref, ranks
+
+
+# --------------------------------------------------------------------------- negative index
+
+
+def _refresh_problem():  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from fenrec_dist.negatives.index import TrainingFacts
+
+    rng = np.random.default_rng(3)
+    n = 400
+    target = rng.integers(1, 30, n).astype(np.int32)
+    future = np.stack([target, rng.integers(1, 30, n), rng.integers(1, 30, n)], 1).astype(np.int32)
+    facts = TrainingFacts(user=(np.arange(n) // 5).astype(np.int64), target=target, future=future,
+                          future_len=rng.integers(1, 4, n).astype(np.int32))
+    vectors = rng.standard_normal((n, HIDDEN)).astype(np.float32)
+    return facts, vectors
+
+
+def _refresh_cfg():  # type: ignore[no-untyped-def]
+    from fenrec_dist.config import Config
+
+    cfg = Config()
+    cfg.negatives.sources = ["in_batch", "index"]
+    cfg.negatives.index_k, cfg.negatives.index_candidates = 5, 20
+    return cfg
+
+
+def _refresh_worker(rank: int, world: int, port: int, out: str) -> None:
+    from fenrec_dist.distributed import collectives as C
+    from fenrec_dist.negatives.refresh import IndexRefresher
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        facts, vectors = _refresh_problem()
+        dev = torch.device("cpu")
+        ref = IndexRefresher(_refresh_cfg(), facts, None, rank, world,
+                             gather_rows=lambda ids, rows: C.gather_rows_to_all(ids, rows, dev))
+        ei = ref.refresh(0, vectors, dev)
+        torch.save({"neighbors": ei.neighbors}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def compare_index_refresh(world: int = 2) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Mined neighbours of one process vs each rank of a split-and-gathered refresh."""
+    from fenrec_dist.negatives.refresh import IndexRefresher
+
+    facts, vectors = _refresh_problem()
+    single = IndexRefresher(_refresh_cfg(), facts).refresh(0, vectors, torch.device("cpu")).neighbors
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "refresh")
+        mp.spawn(_refresh_worker, args=(world, _free_port(), out), nprocs=world, join=True)
+        ranks = [torch.load(f"{out}.{r}", weights_only=True)["neighbors"] for r in range(world)]
+    return single, ranks

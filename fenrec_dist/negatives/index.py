@@ -127,12 +127,15 @@ def gpu_available() -> bool:
 
 
 def build_index(vectors: np.ndarray, cfg: NegativesConfig, seed: int = 0,
-                resources: FaissResources | None = None) -> tuple[faiss.Index, str]:
+                resources: FaissResources | None = None,
+                centroids: np.ndarray | None = None) -> tuple[faiss.Index, str]:
     """Index ``vectors`` float32 [N, d] under the inner product; returns (index, kind).
 
-    flat: exact. ivf: ``index_nlist`` lists (0 = about 4 sqrt(N), capped so every list
-    gets 39 training points), ``index_nprobe`` probed. hnsw: degree ``index_hnsw_m``,
-    ``index_ef_search``.
+    flat: exact. ivf: with ``index_nlist`` 0 and the epoch's intent ``centroids`` float32
+    [k, d] given, the intents are the inverted lists (no second k-means: the clustering
+    pass already paid for it); otherwise ``index_nlist`` lists (0 = about 4 sqrt(N)),
+    capped so every list gets 39 training points, trained here. ``index_nprobe`` lists
+    are probed. hnsw: degree ``index_hnsw_m``, ``index_ef_search``.
     """
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = x.shape
@@ -140,6 +143,13 @@ def build_index(vectors: np.ndarray, cfg: NegativesConfig, seed: int = 0,
     ip = faiss.METRIC_INNER_PRODUCT
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
+    elif kind == "ivf" and cfg.index_nlist == 0 and centroids is not None and len(centroids) > 1:
+        quantizer = faiss.IndexFlatIP(d)
+        quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        index = faiss.IndexIVFFlat(quantizer, d, quantizer.ntotal, ip)
+        index.own_fields = True
+        quantizer.this.disown()  # the IVF index owns (and frees) its quantizer
+        index.nprobe = min(cfg.index_nprobe, quantizer.ntotal)
     elif kind == "ivf":
         nlist = cfg.index_nlist or int(round(4 * math.sqrt(n)))
         nlist = max(1, min(nlist, n // 39))

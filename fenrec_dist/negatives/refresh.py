@@ -90,7 +90,8 @@ class IndexRefresher:
         if n != len(self.facts):
             raise ValueError(f"index refresh got {n} representations for {len(self.facts)} training samples")
         t0 = time.perf_counter()
-        index, kind = build_index(vectors, neg, seed=self.cfg.train.seed + epoch, resources=self.resources)
+        index, kind = build_index(vectors, neg, seed=self.cfg.train.seed + epoch, resources=self.resources,
+                                  centroids=intents.centroids if intents is not None else None)
         t_build = time.perf_counter() - t0
         t0 = time.perf_counter()
         q = np.arange(self.rank, n, self.world_size, dtype=np.int64)
