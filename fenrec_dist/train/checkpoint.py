@@ -61,6 +61,6 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
+    torch.set_rng_state(st["torch"].cpu())  # a checkpoint loaded with map_location=cuda moves it
     if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
