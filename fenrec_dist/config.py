@@ -204,6 +204,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads exponent notation without a dot (1e-4) as a string
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
         return float(value)

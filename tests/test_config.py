@@ -68,3 +68,10 @@ def test_every_key_is_documented():
     rows = describe()
     assert len(rows) > 50
     assert all(doc for _, _, _, doc in rows), [k for k, _, _, d in rows if not d]
+
+
+def test_float_keys_accept_exponent_notation():
+    cfg = load_config(None, ["train.lr=1e-4", "train.time_limit_min=2.5e1"])
+    assert cfg.train.lr == 1e-4 and cfg.train.time_limit_min == 25.0
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(None, ["train.lr=fast"])

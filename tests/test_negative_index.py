@@ -307,3 +307,30 @@ def test_inspector_user_view_and_errors(index_run, capsys):
     assert "not saved" in capsys.readouterr().err
     assert main(["negatives", "inspect", str(run.parent)]) == 2
     assert "no negatives/" in capsys.readouterr().err
+
+
+def test_index_run_resumes_exactly(index_run, tiny_data, tmp_path):
+    from fenrec_dist.train.report import read_metrics
+    from fenrec_dist.train.single import train_single
+
+    full_run, full = index_run
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch   1"):
+            raise Stop
+
+    cfg = lambda: load_config(None, tiny_overrides(  # noqa: E731
+        tiny_data, train__epochs=3, negatives__sources="[in_batch,hard,noise,index]", negatives__index_k=4,
+        negatives__index_candidates=16, negatives__index_keep=2))
+    with pytest.raises(Stop):
+        train_single(cfg(), tmp_path / "cut", log=stop_after_epoch_1)
+    resumed = train_single(cfg(), tmp_path / "cut", resume=True, log=lambda s: None)
+    a, b = read_metrics(full_run), read_metrics(tmp_path / "cut")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b] and [r["valid"] for r in a] == [r["valid"] for r in b]
+    assert resumed == full
+    sa = NegativesStore(str(full_run)).read_summary()
+    sb = NegativesStore(str(tmp_path / "cut")).read_summary()
+    assert [s["overlap_prev"] for s in sa] == [s["overlap_prev"] for s in sb]  # read back from the saved epoch

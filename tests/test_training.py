@@ -64,3 +64,11 @@ def test_ablation_switches_change_the_objective(tiny_data, tmp_path):
     rc = read_metrics(tmp_path / "c")[0]
     assert rc["loss"]["coarse"] == 0.0 and rc["loss"]["fine"] == 0.0 and rc["time"]["cluster"] < 0.5
     assert only_rec["test"]
+
+
+def test_time_limit_stops_between_epochs_and_still_tests_the_best(tiny_data, tmp_path):
+    lines: list[str] = []
+    final = train_single(_cfg(tiny_data, train__time_limit_min=1e-6), tmp_path / "run", log=lines.append)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [0]  # one epoch per start, at least
+    assert any("time_limit_min" in line for line in lines)
+    assert final["best_epoch"] == 0 and set(final["test"]) == KEYS

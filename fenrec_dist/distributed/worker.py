@@ -253,7 +253,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.train.epochs):
         if stopper.should_stop:
             break
-        time_up = cfg.train.time_limit_min > 0 and time.perf_counter() - t_start >= 60.0 * cfg.train.time_limit_min
+        time_up = epoch > start_epoch and cfg.train.time_limit_min > 0 and \
+            time.perf_counter() - t_start >= 60.0 * cfg.train.time_limit_min
         if C.all_reduce_min(int(not time_up), device) == 0:
             if rank == 0:
                 print(f"[fenrec] train.time_limit_min={cfg.train.time_limit_min} reached; stopping before epoch {epoch}",

@@ -120,7 +120,7 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     for epoch in range(start_epoch, cfg.train.epochs):
         if stopper.should_stop:
             break
-        if time_is_up(cfg, t_start):
+        if epoch > start_epoch and time_is_up(cfg, t_start):  # at least one epoch per start
             log(f"train.time_limit_min={cfg.train.time_limit_min} reached; stopping before epoch {epoch}")
             break
         t_epoch = time.perf_counter()
