@@ -131,3 +131,22 @@ def test_encode_by_length_equals_one_plain_batch():
         got = encode_by_length(m, ids.numpy(), torch.device("cpu"), chunk_overhead=2)
         want = plain.sequence_output(ids)[:, -1]
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_sasrec_eval_attention_kernel_equals_explicit_softmax(monkeypatch):
+    import math
+
+    from fenrec_dist.model import sasrec
+
+    torch.manual_seed(5)
+    m = SASRec(ModelConfig(hidden=16, heads=2, trim_padding=False, last_position_only=False), 30, 12).eval()
+    ids = _batch([1, 4, 12, 7], seed=4)  # includes rows whose padded queries see only masked keys
+    with torch.no_grad():
+        fused = m.sequence_output(ids)
+
+        def explicit(q, k, v, attn_mask=None):
+            return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + attn_mask, dim=-1) @ v
+
+        monkeypatch.setattr(sasrec.F, "scaled_dot_product_attention", explicit)
+        want = m.sequence_output(ids)
+    assert torch.allclose(fused, want, atol=1e-5)
