@@ -172,7 +172,10 @@ def make_contrast_batch(view1: torch.Tensor, view2: torch.Tensor, groups: torch.
     idx = torch.arange(n, device=z.device)
     mask[idx, idx] = True
     mask[idx, (idx + n // 2) % n] = True
-    return ContrastBatch(z=z, sims=(z @ z.t()) / temperature, mask=mask, temperature=temperature)
+    sims = z @ z.t()
+    if temperature != 1.0:  # x / 1 == x: skip the pass and its backward node
+        sims = sims / temperature
+    return ContrastBatch(z=z, sims=sims, mask=mask, temperature=temperature)
 
 
 def contrast_loss(batch: ContrastBatch, blocks: list[NegativeBlock], shaping: Shaping) -> torch.Tensor:
