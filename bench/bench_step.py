@@ -8,7 +8,8 @@ The baseline's ``fenrec_dist`` is extracted with ``git archive`` into a temporar
 same Beauty batches (hard + noise negatives on, epoch 0 with ``warmup_epochs=0``), one
 ``train_epoch`` call per batch, the two arms interleaved and their order alternated, with
 the same dropout seed per step. Timings on a shared machine are noisy, so the paired
-per-step ratio (new / baseline) is the number to read. The losses of the two arms are
+per-step ratio (new / baseline) is the number to read; the process CPU-time ratio is the
+steadier one when other jobs share the cores (run with OMP_WAIT_POLICY=PASSIVE). The losses of the two arms are
 compared step by step too: equal math keeps them equal to float tolerance. Writes
 bench/results/step.json.
 """
@@ -68,10 +69,10 @@ class Arm:
 
     def run(self, batch, seed: int) -> tuple[float, dict]:  # type: ignore[no-untyped-def]
         self.torch.manual_seed(seed)  # dropout draws
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = self.loop.train_epoch(self.model, self.model, self.step, self.data.train, self.partners, self.data.train,
                                     [batch], self.loss_fn, seed, self.intents, self.cfg.train.seed, self.device)
-        return time.perf_counter() - t0, res.losses
+        return time.perf_counter() - t0, time.process_time() - c0, res.losses
 
 
 def main() -> int:
@@ -111,6 +112,7 @@ def main() -> int:
         batches = epoch_batches(new.data.train.input_len, new.cfg.train.batch_size, epoch_rng(0, 0), True,
                                 new.cfg.train.length_bucket_batches)
         times: dict[str, list[float]] = {"baseline": [], "new": []}
+        cpu: dict[str, list[float]] = {"baseline": [], "new": []}
         loss_diff = 0.0
         for i in range(args.warm + args.steps):
             b = batches[i % len(batches)]
@@ -119,10 +121,11 @@ def main() -> int:
                 arms.reverse()
             out = {}
             for name, arm in arms:
-                dt, losses = arm.run(b, seed=i)
+                dt, dc, losses = arm.run(b, seed=i)
                 out[name] = losses
                 if i >= args.warm:
                     times[name].append(dt)
+                    cpu[name].append(dc)
             loss_diff = max(loss_diff, max(abs(out["new"][k] - out["baseline"][k]) / max(1.0, abs(out["baseline"][k]))
                                            for k in out["new"]))
     ratios = [n / b for n, b in zip(times["new"], times["baseline"])]
@@ -132,6 +135,8 @@ def main() -> int:
         "ms_per_step_min": {k: round(1000 * min(v), 1) for k, v in times.items()},
         "ratio_new_over_baseline_median_of_pairs": round(statistics.median(ratios), 3),
         "ratio_new_over_baseline_of_sums": round(sum(times["new"]) / sum(times["baseline"]), 3),
+        "cpu_ms_per_step_median": {k: round(1000 * statistics.median(v), 1) for k, v in cpu.items()},
+        "cpu_ratio_new_over_baseline_of_sums": round(sum(cpu["new"]) / sum(cpu["baseline"]), 3),
         "max_relative_loss_difference": float(f"{loss_diff:.3g}"),
         "mean_input_len": float(np.mean([new.data.train.input_len[batches[i % len(batches)]].max()
                                           for i in range(args.warm, args.warm + args.steps)])),
