@@ -201,3 +201,100 @@ def test_hard_negative_path_is_finite_from_a_fresh_model_scale():
     assert all(math.isfinite(v) for v in parts.as_floats().values())
     parts.total.backward()
     assert torch.isfinite(z1.grad).all()
+
+
+# ----------------------------------------------------------------- exact speed-ups (custom autograd)
+
+
+def _grads(loss, inputs):
+    return torch.autograd.grad(loss, inputs)
+
+
+@pytest.mark.parametrize("soft", [True, False])
+def test_soft_label_loss_from_reprs_equals_plain_value_and_gradients(soft):
+    from fenrec_dist.losses.soft_labels import soft_label_loss_from_reprs
+
+    g = torch.Generator().manual_seed(7)
+    z = (torch.randn(16, 8, generator=g) * 3).requires_grad_(True)
+    emb = torch.randn(41, 8, generator=g).requires_grad_(True)
+    future = torch.randint(1, 41, (16, 3), generator=g)
+    flen = torch.randint(1, 4, (16,), generator=g)
+    future[flen < 3, 2] = 0  # padded slots point at the padding column
+    future[flen < 2, 1] = 0
+    future[0] = torch.tensor([5, 5, 9])  # a repeated item
+    flen[0] = 3
+    plain = soft_label_loss(z @ emb.t(), future, flen, 0.2, soft)
+    fast = soft_label_loss_from_reprs(z, emb, future, flen, 0.2, soft)
+    assert fast.item() == pytest.approx(plain.item(), rel=1e-6)
+    want, got = _grads(plain * 1.7, [z, emb]), _grads(fast * 1.7, [z, emb])
+    for a, b in zip(want, got):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    assert torch.equal(got[1][0], torch.zeros(8))  # padding row: no gradient
+
+
+def test_soft_label_loss_from_reprs_large_logits_stay_finite():
+    from fenrec_dist.losses.soft_labels import soft_label_loss_from_reprs
+
+    g = torch.Generator().manual_seed(8)
+    z = (torch.randn(4, 8, generator=g) * 40).requires_grad_(True)  # logit gaps far beyond exp's range
+    emb = torch.randn(30, 8, generator=g) * 40
+    future = torch.tensor([[3, 4, 0], [7, 0, 0], [1, 2, 3], [9, 8, 0]])
+    flen = torch.tensor([2, 1, 3, 2])
+    plain = soft_label_loss(z @ emb.t(), future, flen, 0.2)
+    fast = soft_label_loss_from_reprs(z, emb, future, flen, 0.2)
+    assert torch.isfinite(fast) and fast.item() == pytest.approx(plain.item(), rel=1e-5)
+    assert torch.isfinite(_grads(fast, [z])[0]).all()
+
+
+@pytest.mark.parametrize("shaped", [True, False])
+def test_fused_denominator_equals_plain_value_and_gradients(shaped):
+    from fenrec_dist.losses.intent_contrast import denominator_lse, denominator_lse_plain
+
+    g = torch.Generator().manual_seed(9)
+    n = 12
+    pos = (torch.randn(n, generator=g) * 4).requires_grad_(True)
+    neg = (torch.randn(n, n, generator=g) * 4).requires_grad_(True)
+    hard = (torch.randn(n, n, generator=g) * 4).requires_grad_(True)
+    noise = (torch.randn(n, 5, generator=g) * 4).requires_grad_(True)
+    mask = torch.rand(n, n, generator=g) < 0.3
+    mask[3] = True  # a row with every in-batch and hard negative masked
+    blocks = [NegativeBlock(neg, 1.0, mask), NegativeBlock(hard, 0.1, mask), NegativeBlock(noise),
+              NegativeBlock(torch.randn(n, 3), 0.0), NegativeBlock(torch.randn(n, 0))]  # skipped blocks
+    shaping = Shaping(shaped, tau=8.0, margin=0.2)
+    c = torch.randn(n, generator=g)
+    plain = denominator_lse_plain(pos, blocks, shaping)
+    fast = denominator_lse(pos, blocks, shaping)
+    assert torch.allclose(fast, plain, atol=1e-5, rtol=1e-6)
+    ins = [pos, neg, hard, noise]
+    for a, b in zip(_grads((plain * c).sum(), ins), _grads((fast * c).sum(), ins)):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    # constants (no grad) and no_grad use, as in the noise nudge
+    with torch.no_grad():
+        assert torch.allclose(denominator_lse(pos, [NegativeBlock(neg.detach(), 1.0, mask)], shaping),
+                              denominator_lse_plain(pos, [NegativeBlock(neg.detach(), 1.0, mask)], shaping), atol=1e-5)
+
+
+def _hard_negative_logits_autograd(anchors, keys, lam, eps=1e-12):
+    """The closed form written in plain autograd ops (the previous implementation)."""
+    a_det, k_det = anchors.detach(), keys.detach()
+    na = a_det.norm(dim=1).clamp_min(eps)
+    nk = k_det.norm(dim=1).clamp_min(eps)
+    cos = (a_det @ k_det.t()) / (na[:, None] * nk[None, :])
+    lam_t = torch.as_tensor(lam, dtype=anchors.dtype)
+    denom = torch.sqrt(((1 - lam_t) ** 2 + lam_t**2 + 2 * lam_t * (1 - lam_t) * cos).clamp_min(eps))
+    toward_self = (anchors * a_det).sum(dim=1) / na
+    return ((1 - lam_t) * (anchors @ k_det.t()) + lam_t * nk[None, :] * toward_self[:, None]) / denom
+
+
+@pytest.mark.parametrize("lam", [0.4, "random"])
+def test_hard_negative_custom_backward_equals_autograd_in_float32(lam):
+    g = torch.Generator().manual_seed(10)
+    z = (torch.randn(64, 16, generator=g) * 8).requires_grad_(True)  # fresh-model scale
+    lam_v = sample_lam((64, 64), 0.2, 0.6, g) if lam == "random" else lam
+    c = torch.randn(64, 64, generator=g)
+    plain = _hard_negative_logits_autograd(z, z, lam_v)
+    fast = hard_negative_logits(z, z, lam_v)
+    assert torch.allclose(fast, plain, atol=1e-4, rtol=1e-5)
+    (ga,) = _grads((plain * c).sum(), [z])
+    (gb,) = _grads((fast * c).sum(), [z])
+    assert torch.allclose(ga, gb, atol=1e-4, rtol=1e-5)

@@ -104,3 +104,49 @@ def test_partner_draws_share_the_target_and_avoid_self():
         for a, q in zip(anchors, p):
             seen[a].add(int(q))
     assert seen[0] == {2, 3} and seen[1] == {5} and seen[4] == {4} and seen[6] == {6}
+
+
+def test_length_chunks_cover_rows_once_and_pad_less_than_four_even_groups():
+    from fenrec_dist.train.loop import length_chunks
+
+    lengths = np.random.default_rng(1).choice([1, 2, 3, 5, 8, 13, 50], size=512, p=[.3, .2, .15, .15, .1, .05, .05])
+    chunks = length_chunks(lengths)
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(512))
+    assert all(np.all(np.diff(lengths[c]) >= 0) for c in chunks)
+    padded = sum(len(c) * lengths[c].max() for c in chunks)
+    even = np.array_split(np.argsort(lengths, kind="stable"), 4)
+    assert padded < sum(len(c) * lengths[c].max() for c in even)
+    assert len(length_chunks(np.full(7, 4))) == 1 and length_chunks(np.zeros(0, dtype=int)) == []
+
+
+def test_encode_by_length_equals_one_plain_batch():
+    from fenrec_dist.train.loop import encode_by_length
+
+    torch.manual_seed(4)
+    m = SASRec(ModelConfig(hidden=16, heads=2), num_items=30, max_len=12).eval()
+    plain = SASRec(ModelConfig(hidden=16, heads=2, trim_padding=False, last_position_only=False), 30, 12).eval()
+    plain.load_state_dict(m.state_dict())
+    ids = _batch([1, 12, 3, 3, 7, 1, 12, 2, 5], seed=3)
+    with torch.no_grad():
+        got = encode_by_length(m, ids.numpy(), torch.device("cpu"), chunk_overhead=2)
+        want = plain.sequence_output(ids)[:, -1]
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_sasrec_eval_attention_kernel_equals_explicit_softmax(monkeypatch):
+    import math
+
+    from fenrec_dist.model import sasrec
+
+    torch.manual_seed(5)
+    m = SASRec(ModelConfig(hidden=16, heads=2, trim_padding=False, last_position_only=False), 30, 12).eval()
+    ids = _batch([1, 4, 12, 7], seed=4)  # includes rows whose padded queries see only masked keys
+    with torch.no_grad():
+        fused = m.sequence_output(ids)
+
+        def explicit(q, k, v, attn_mask=None):
+            return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + attn_mask, dim=-1) @ v
+
+        monkeypatch.setattr(sasrec.F, "scaled_dot_product_attention", explicit)
+        want = m.sequence_output(ids)
+    assert torch.allclose(fused, want, atol=1e-5)

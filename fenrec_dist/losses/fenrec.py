@@ -16,7 +16,7 @@ from fenrec_dist.config import LossConfig, NegativesConfig
 from fenrec_dist.intents import IntentClusters
 from fenrec_dist.losses.intent_contrast import contrast_loss, make_contrast_batch
 from fenrec_dist.losses.shaping import Shaping
-from fenrec_dist.losses.soft_labels import soft_label_loss
+from fenrec_dist.losses.soft_labels import soft_label_loss_from_reprs
 from fenrec_dist.negatives.samplers import NoiseNegatives, StepContext, build_samplers
 
 if TYPE_CHECKING:
@@ -103,8 +103,7 @@ class FENRecLoss:
             index: the epoch's refreshed negative index, or None.
         """
         cfg = self.loss_cfg
-        logits = z1 @ item_weights.t()
-        rec = soft_label_loss(logits, future, future_len, cfg.gamma, cfg.soft_labels)
+        rec = soft_label_loss_from_reprs(z1, item_weights, future, future_len, cfg.gamma, cfg.soft_labels)
         zero = rec.new_zeros(())
         coarse = fine = zero
         if cfg.lambda_coarse <= 0 and (cfg.beta_fine <= 0 or intents is None):

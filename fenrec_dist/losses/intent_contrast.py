@@ -49,9 +49,19 @@ def weighted_info_nce(pos: torch.Tensor, blocks: list[NegativeBlock], shaping: S
 def denominator_lse(pos_logits: torch.Tensor, blocks: list[NegativeBlock], shaping: Shaping) -> torch.Tensor:
     """float [N]: log of the softmax denominator, log(e^pos + sum_blocks w sum e^neg).
 
+    Computed by ``_DenominatorLSE`` (one exp per entry, shaping and its derivative by hand);
+    ``denominator_lse_plain`` is the same in plain autograd ops (tests/test_losses.py).
+
     Args:
         pos_logits: float [N], the already shaped positive logits.
     """
+    used = [b for b in blocks if b.weight > 0 and b.logits.shape[1] > 0]
+    spec = tuple((b.weight, b.mask) for b in used)
+    return _DenominatorLSE.apply(spec, shaping, pos_logits, *(b.logits for b in used))
+
+
+def denominator_lse_plain(pos_logits: torch.Tensor, blocks: list[NegativeBlock], shaping: Shaping) -> torch.Tensor:
+    """The plain form of ``denominator_lse``: shape, weight and mask each block, one logsumexp."""
     parts = [pos_logits[:, None]]
     for b in blocks:
         if b.weight <= 0 or b.logits.shape[1] == 0:
@@ -63,6 +73,62 @@ def denominator_lse(pos_logits: torch.Tensor, blocks: list[NegativeBlock], shapi
             l = l.masked_fill(b.mask, float("-inf"))
         parts.append(l)
     return torch.logsumexp(torch.cat(parts, dim=1), dim=1)
+
+
+class _DenominatorLSE(torch.autograd.Function):
+    """lse_a = log(e^pos_a + sum_k w_k sum_n e^{shape(s_k,an)}) over blocks s_k [N, M_k].
+
+    Autograd of the plain form concatenates the blocks, runs exp twice per entry (forward and
+    logsumexp's backward) and keeps a temporary per elementwise op; here each block is shaped
+    into one buffer that becomes e^{l - max} in place and is reused by the backward:
+    d lse / d s = softmax weight * shape'(s), shape'(s) = tanh(s/tau) + m + s (1 - tanh^2) / tau.
+    """
+
+    @staticmethod
+    def forward(ctx, spec, shaping, pos, *logits):  # type: ignore[no-untyped-def]
+        on = shaping.enabled
+        exps, tanhs = [], []
+        for s, (w, mask) in zip(logits, spec):
+            if on:
+                t = torch.div(s, shaping.tau).tanh_()
+                l = t.add(shaping.margin).mul_(s)  # s * (tanh(s / tau) + m)
+            else:
+                t = None
+                l = s.clone()
+            if w != 1.0:
+                l.add_(math.log(w))
+            if mask is not None:
+                l.masked_fill_(mask, float("-inf"))
+            exps.append(l)
+            tanhs.append(t)
+        top = torch.stack([pos] + [l.amax(dim=1) for l in exps], dim=1).amax(dim=1)  # [N]
+        total = (pos - top).exp()
+        for l in exps:
+            total = total + l.sub_(top[:, None]).exp_().sum(dim=1)  # l is now e^{l - top}
+        ctx.shaping = shaping
+        ctx.exps, ctx.tanhs = exps, tanhs
+        ctx.save_for_backward(pos, top, total, *logits)
+        return top + total.log()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        pos, top, total, *logits = ctx.saved_tensors
+        shaping = ctx.shaping
+        r = (grad / total)[:, None]  # [N, 1]: d lse = (e^{l - top} / total) dl
+        grads = []
+        for i, (s, e, t) in enumerate(zip(logits, ctx.exps, ctx.tanhs)):
+            if not ctx.needs_input_grad[3 + i]:
+                grads.append(None)
+                continue
+            g = e.mul(r)  # masked entries: e = 0
+            if t is not None:
+                d = t.square().neg_().add_(1.0).mul_(s).div_(shaping.tau).add_(t).add_(shaping.margin)
+                g.mul_(d)
+            grads.append(g)
+        ctx.exps = ctx.tanhs = None
+        gpos = (pos - top).exp_().mul_(r[:, 0]) if ctx.needs_input_grad[2] else None
+        return (None, None, gpos, *grads)
 
 
 @dataclass
@@ -106,7 +172,10 @@ def make_contrast_batch(view1: torch.Tensor, view2: torch.Tensor, groups: torch.
     idx = torch.arange(n, device=z.device)
     mask[idx, idx] = True
     mask[idx, (idx + n // 2) % n] = True
-    return ContrastBatch(z=z, sims=(z @ z.t()) / temperature, mask=mask, temperature=temperature)
+    sims = z @ z.t()
+    if temperature != 1.0:  # x / 1 == x: skip the pass and its backward node
+        sims = sims / temperature
+    return ContrastBatch(z=z, sims=sims, mask=mask, temperature=temperature)
 
 
 def contrast_loss(batch: ContrastBatch, blocks: list[NegativeBlock], shaping: Shaping) -> torch.Tensor:

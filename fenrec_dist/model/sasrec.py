@@ -63,9 +63,13 @@ class SelfAttention(nn.Module):
         q = self._split(self.query(q_in))
         k = self._split(self.key(x))
         v = self._split(self.value(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask
-        probs = self.attn_dropout(torch.softmax(scores, dim=-1))
-        ctx = (probs @ v).transpose(1, 2).reshape(q_in.shape)
+        if self.training and self.attn_dropout.p > 0:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask
+            probs = self.attn_dropout(torch.softmax(scores, dim=-1))
+            ctx = probs @ v
+        else:  # no dropout: the fused kernel computes the same softmax(q k^T / sqrt(d_h) + mask) v
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        ctx = ctx.transpose(1, 2).reshape(q_in.shape)
         return self.norm(self.out_dropout(self.dense(ctx)) + q_in)
 
 

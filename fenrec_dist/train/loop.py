@@ -41,15 +41,51 @@ def torch_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_cl
     return step
 
 
+def length_chunks(lengths: np.ndarray, chunk_overhead: int = 512) -> list[np.ndarray]:
+    """Split rows into length-sorted chunks that minimise the encoder's work.
+
+    A chunk of rows is padded to its longest row, so it costs (rows x longest length)
+    tokens, plus a fixed ``chunk_overhead`` (in tokens) for the per-call work of one more
+    forward/backward. The best cut points of the sorted lengths are found exactly by
+    dynamic programming over the distinct lengths (at most max_len + 1 of them).
+
+    Args:
+        lengths: int [N] non-padding length of each row.
+        chunk_overhead: the cost of one more chunk in tokens; 512 measured best on Beauty
+            (2 CPU threads) within a flat optimum (384..1536 within 3%).
+
+    Returns:
+        list of int arrays of row indices, each sorted by length, covering range(N) once.
+    """
+    order = np.argsort(lengths, kind="stable")
+    s = np.asarray(lengths)[order]
+    n = len(s)
+    if n == 0:
+        return []
+    cuts = np.concatenate([[0], np.flatnonzero(np.diff(s)) + 1, [n]])  # cut only between distinct lengths
+    best = np.zeros(len(cuts))
+    prev = np.zeros(len(cuts), dtype=np.int64)
+    for j in range(1, len(cuts)):
+        cost = best[:j] + (cuts[j] - cuts[:j]) * max(int(s[cuts[j] - 1]), 1) + chunk_overhead
+        prev[j] = int(np.argmin(cost))
+        best[j] = cost[prev[j]]
+    bounds = []
+    j = len(cuts) - 1
+    while j > 0:
+        bounds.append((cuts[prev[j]], cuts[j]))
+        j = int(prev[j])
+    return [order[a:b] for a, b in reversed(bounds)]
+
+
 def encode_by_length(net: Callable[[torch.Tensor], torch.Tensor], ids: np.ndarray, device: torch.device,
-                     groups: int = 4) -> torch.Tensor:
-    """Encode rows int [N, L] in ``groups`` length-sorted chunks so each chunk's padding is
-    trimmed (anchors are length-grouped but their same-target partners are not).
+                     chunk_overhead: int = 512) -> torch.Tensor:
+    """Encode rows int [N, L] in length-sorted chunks (``length_chunks``) so each chunk's
+    padding is trimmed (anchors are length-grouped but their same-target partners are not).
     Returns float [N, d] in the original row order; each row's output is unchanged."""
     lengths = (ids != 0).sum(axis=1)
-    order = np.argsort(lengths, kind="stable")
-    chunks = np.array_split(order, min(groups, len(order)))
-    outs = [net(to_tensor(ids[c], device)) for c in chunks if len(c)]
+    chunks = length_chunks(lengths, chunk_overhead)
+    order = np.concatenate(chunks)
+    outs = [net(to_tensor(ids[c], device)) for c in chunks]
     z = torch.cat(outs)
     inv = torch.from_numpy(np.argsort(order, kind="stable")).to(z.device)
     return z[inv]
