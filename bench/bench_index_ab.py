@@ -38,6 +38,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "index-ab"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "index_ab.json"))
+    ap.add_argument("--reuse-partial-warmup", action="store_true",
+                    help="branch from an interrupted warm-up run as it is (the arms' warm-up ends where it stopped)")
     args = ap.parse_args()
     if not Path(args.data).exists():
         print(f"skip: {args.data} not found")
@@ -55,7 +57,12 @@ def main() -> int:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(args.threads)}
     base = work / "warmup"
     t0 = time.perf_counter()
-    if not (base / "final.json").exists():
+    warmup = args.warmup
+    if args.reuse_partial_warmup and (base / "checkpoints" / "last.pt").exists():
+        import torch
+
+        warmup = int(torch.load(base / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")["epoch"])
+    elif not (base / "final.json").exists():
         shutil.rmtree(base, ignore_errors=True)
         subprocess.run(fenrec + ["train", "--local", "--config", args.config, "--out", str(base),
                                  "--set", f"data.path={data}", "--set", "negatives.sources=[in_batch]",
@@ -71,6 +78,7 @@ def main() -> int:
         shutil.copytree(base, d, ignore=shutil.ignore_patterns("final.json", "curves.png", "tensorboard"))
         cfg = yaml.safe_load((d / "config.yaml").read_text())
         cfg["negatives"]["sources"] = sources
+        cfg["negatives"]["warmup_epochs"] = warmup
         cfg["train"]["epochs"] = args.epochs
         (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         log = open(work / f"{name}.log", "w")
@@ -82,7 +90,7 @@ def main() -> int:
             return 1
         log.close()
     out = {"command": " ".join(["bench/bench_index_ab.py"] + sys.argv[1:]), "threads": args.threads,
-           "warmup_epochs": args.warmup, "epochs": args.epochs, "warmup_s": round(t_warm, 1), "arms": {}}
+           "warmup_epochs": warmup, "epochs": args.epochs, "warmup_s": round(t_warm, 1), "arms": {}}
     for name in arms:
         d = work / name
         recs = read_metrics(d)
@@ -90,8 +98,8 @@ def main() -> int:
         arm = {
             "valid_ndcg20": [round(r["valid"]["NDCG@20"], 5) for r in recs],
             "best_epoch": final["best_epoch"], "test": {k: round(v, 5) for k, v in final["test"].items()},
-            "epoch_s": [round(r["time"]["epoch"], 1) for r in recs[args.warmup:]],
-            "index_s": [round(r["time"].get("index", 0.0), 2) for r in recs[args.warmup:]],
+            "epoch_s": [round(r["time"]["epoch"], 1) for r in recs[warmup:]],
+            "index_s": [round(r["time"].get("index", 0.0), 2) for r in recs[warmup:]],
         }
         if (d / "negatives" / "summary.jsonl").exists():
             arm["index_summary_last"] = json.loads((d / "negatives" / "summary.jsonl").read_text().splitlines()[-1])

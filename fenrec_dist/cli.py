@@ -89,6 +89,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_negatives_inspect(args: argparse.Namespace) -> int:
+    from fenrec_dist.negatives.inspect import format_report, inspect_run, plot_report
+
+    report = inspect_run(args.run_dir, epoch=args.epoch, user=args.user, sample=args.sample)
+    if args.plot:
+        plot_report(report, args.plot)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.plot and not args.json:
+        print(f"plot: {args.plot}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fenrec_dist.demo import run_demo
 
@@ -144,9 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="one process, without Ray")
     p.set_defaults(fn=cmd_demo)
 
+    p = sub.add_parser("negatives", help="inspect the FAISS negative index of a run")
+    nsub = p.add_subparsers(dest="negatives_cmd", required=True)
+    q = nsub.add_parser("inspect", help="negative quality per epoch; one sample's or user's neighbours")
+    q.add_argument("run_dir")
+    q.add_argument("--epoch", type=int, help="epoch to detail (default: the newest saved)")
+    who = q.add_mutually_exclusive_group()
+    who.add_argument("--user", type=int, help="list the neighbours of this user's samples")
+    who.add_argument("--sample", type=int, help="list the neighbours of this sample")
+    q.add_argument("--plot", metavar="FILE.png", help="draw the per-epoch figures as a PNG")
+    q.add_argument("--json", action="store_true", help="print the report as JSON (fields: see the module docs)")
+    q.set_defaults(fn=cmd_negatives_inspect)
+
     p = sub.add_parser("evaluate", help="re-score a run's best checkpoint on validation and test")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_evaluate)
+
+    from fenrec_dist.tune.cli import add_parser as add_tune_parser
+
+    add_tune_parser(sub)
     return ap
 
 

@@ -32,7 +32,7 @@ def _f(default: Any, doc: str, **kw: Any) -> Any:
 class DataConfig:
     path: str = _f("data/demo", "Prepared dataset directory (output of `fenrec prepare`).")
     max_len: int = _f(50, "Maximum number of input items per sample (most recent kept).")
-    horizon: int = _f(2, "Future window length beyond the target used for soft labels.")
+    horizon: int = _f(2, "Future items beyond the target that share the soft label (<= the prepared horizon).")
     min_interactions: int = _f(3, "Users with fewer interactions cannot be split and are dropped.")
     num_shards: int = _f(4, "Number of Parquet shards of training samples.")
     row_group_size: int = _f(16384, "Rows per Parquet row group.")

@@ -69,7 +69,7 @@ def run_demo(workdir: str | Path = "runs/demo", config: str | Path | None = None
         from fenrec_dist.distributed.driver import run_distributed
 
         final = run_distributed(cfg, run_dir, log=log)
-    data = load_prepared(cfg.data.path, max_len=cfg.data.max_len)
+    data = load_prepared(cfg.data.path, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
     rows = {"FENRec": final["test"], **baseline_metrics(data, "test")}
     log("\ntest metrics (full ranking over all items, history excluded):\n" + format_table(rows))
     log(f"\nrun directory: {run_dir}  (metrics.jsonl, tensorboard/, curves.png, final.json)")

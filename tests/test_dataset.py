@@ -77,6 +77,17 @@ def test_smaller_max_len_keeps_most_recent(prepared: Path) -> None:
         load_prepared(prepared, max_len=5)
 
 
+def test_smaller_horizon_cuts_the_future_window(prepared: Path) -> None:
+    full = load_prepared(prepared)
+    for h in (0, 1):
+        cut = load_prepared(prepared, horizon=h)
+        assert cut.horizon == h and cut.train.future.shape == (len(full.train), h + 1)
+        np.testing.assert_array_equal(cut.train.future, full.train.future[:, : h + 1])
+        np.testing.assert_array_equal(cut.train.future_len, np.minimum(full.train.future_len, h + 1))
+    with pytest.raises(DataError, match=r"manifest\.json: horizon 3 is outside 0\.\.2"):
+        load_prepared(prepared, horizon=3)
+
+
 def test_eval_inputs_and_exclusions() -> None:
     ev = EvalTable(
         user=np.array([1, 2], dtype=np.int64),

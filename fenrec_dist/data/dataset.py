@@ -228,18 +228,25 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_prepared(path: str | Path, *, max_len: int | None = None, columns_check: bool = True) -> PreparedData:
+def load_prepared(path: str | Path, *, max_len: int | None = None, horizon: int | None = None,
+                  columns_check: bool = True) -> PreparedData:
     """Load the prepared dataset directory ``path``.
 
     ``max_len`` may be smaller than the prepared one (inputs keep their most recent
-    items) but not larger. ``columns_check`` verifies column types and row counts
+    items) but not larger; so may ``horizon`` (the soft labels' future window keeps its
+    first ``horizon + 1`` items). ``columns_check`` verifies column types and row counts
     against the manifest. Raises DataError naming the file on a missing or corrupt
     manifest or shard.
     """
     root = Path(path)
     manifest = read_manifest(root)
     prepared_len = int(manifest["max_len"])
-    horizon = int(manifest["horizon"])
+    prepared_horizon = int(manifest["horizon"])
+    if horizon is None:
+        horizon = prepared_horizon
+    if not 0 <= horizon <= prepared_horizon:
+        raise DataError(f"{root / MANIFEST}: horizon {horizon} is outside 0..{prepared_horizon}, the prepared "
+                        "horizon; prepare the data again with a larger --horizon")
     if max_len is None:
         max_len = prepared_len
     if max_len < 1:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from fenrec_dist.config import Config, dump_yaml, to_dict
 from fenrec_dist.train.checkpoint import atomic_write_json, atomic_write_text
@@ -32,7 +33,13 @@ def local_num_cpus(cfg: Config) -> int:
     return int(math.ceil(cfg.distributed.num_workers * cfg.distributed.cpus_per_worker)) + 2
 
 
-def init_ray(cfg: Config, address: str | None = None) -> None:
+def init_ray(cfg: Config, address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address`` (or $RAY_ADDRESS), else start an embedded local Ray.
+
+    ``num_cpus`` sizes the embedded Ray (default ``local_num_cpus(cfg)``; a Tune sweep
+    passes room for its concurrent trials). The dashboard stays on: Tune needs it to
+    clean up trials that a scheduler stops.
+    """
     import ray
 
     if ray.is_initialized():
@@ -44,7 +51,7 @@ def init_ray(cfg: Config, address: str | None = None) -> None:
     else:
         if not cfg.distributed.use_gpu:
             runtime_env["env_vars"].setdefault("DS_ACCELERATOR", "cpu")
-        ray.init(address="local", num_cpus=local_num_cpus(cfg), object_store_memory=256 * 1024 * 1024,
+        ray.init(address="local", num_cpus=num_cpus or local_num_cpus(cfg), object_store_memory=256 * 1024 * 1024,
                  runtime_env=runtime_env, log_to_driver=True)
 
 
@@ -92,46 +99,80 @@ def make_callback(run_dir: Path, cfg: Config):  # type: ignore[no-untyped-def]
     return ProgressCallback()
 
 
-def run_distributed(cfg: Config, run_dir: str | Path | None = None, address: str | None = None,
-                    log=print) -> dict[str, Any]:
-    """Fit the TorchTrainer; returns final.json's content (best epoch, valid, test)."""
-    import ray
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run lives: its local directory, Ray Train run name and storage path."""
+
+    local_dir: Path
+    name: str
+    storage: str
+
+
+def prepare_run(cfg: Config, run_dir: str | Path | None = None) -> RunPaths:
+    """Resolve the run's paths, make ``data.path`` absolute and write the resolved config.yaml."""
+    local_dir, name, storage = resolve_run(cfg, run_dir)
+    if Path(cfg.data.path).exists():
+        cfg.data.path = str(Path(cfg.data.path).resolve())
+    local_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(local_dir / "config.yaml", dump_yaml(cfg))
+    return RunPaths(local_dir, name, storage)
+
+
+def build_trainer(cfg: Config, run_dir: RunPaths | str | Path | None = None, *,
+                  extra_callbacks: Sequence[Any] = ()) -> tuple[Any, RunPaths]:
+    """The TorchTrainer of one run (Ray must be up): ``fenrec train`` and every Tune trial.
+
+    ``run_dir`` is a ``prepare_run`` result, or a directory to prepare (None: derived
+    from ``distributed.*``). ``extra_callbacks`` are Ray Train ``UserCallback``s added
+    after the progress callback (a Tune trial adds its report-to-Tune callback).
+    Returns (trainer, paths).
+    """
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from fenrec_dist.distributed.worker import train_fn_per_worker
 
-    local_dir, name, storage = resolve_run(cfg, run_dir)
-    if Path(cfg.data.path).exists():
-        cfg.data.path = str(Path(cfg.data.path).resolve())
-    local_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(local_dir / "config.yaml", dump_yaml(cfg))
-    t0 = time.perf_counter()
-    init_ray(cfg, address)
-    t_ray = time.perf_counter() - t0
+    run = run_dir if isinstance(run_dir, RunPaths) else prepare_run(cfg, run_dir)
     ds = ray.data.read_parquet(train_files(cfg.data.path))
     scaling = ScalingConfig(num_workers=cfg.distributed.num_workers, use_gpu=cfg.distributed.use_gpu,
                             resources_per_worker={"CPU": cfg.distributed.cpus_per_worker})
     run_config = RunConfig(
-        name=name, storage_path=storage,
+        name=run.name, storage_path=run.storage,
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.distributed.keep_checkpoints),
         failure_config=FailureConfig(max_failures=cfg.distributed.max_failures),
-        callbacks=[make_callback(local_dir, cfg)],
+        callbacks=[make_callback(run.local_dir, cfg), *extra_callbacks],
         logging_config=LoggingConfig(log_level=os.environ.get("FENREC_RAY_TRAIN_LOG_LEVEL", "WARNING")),
     )
     trainer = TorchTrainer(train_fn_per_worker, train_loop_config={"cfg": to_dict(cfg)},
                            scaling_config=scaling, run_config=run_config, datasets={"train": ds},
                            # not split by Ray: each worker keeps sample_id % world == rank (deterministic)
                            dataset_config=DataConfig(datasets_to_split=[]))
-    log(f"ray up in {t_ray:.1f}s; training {cfg.distributed.num_workers} worker(s) -> {storage}/{name}")
-    result = trainer.fit()
+    return trainer, run
+
+
+def finish_run(result: Any, run: RunPaths, cfg: Config) -> dict[str, Any]:
+    """final.json and curves.png from a fitted trainer's Result; returns final.json's content."""
     metrics = result.metrics or {}
     if not metrics.get("final"):
         raise RuntimeError(f"training ended without final metrics (error: {result.error})")
     final = {"best_epoch": int(metrics["best_epoch"]), "valid": metrics["valid"], "test": metrics["test"],
              "epochs_run": int(metrics.get("epochs_run", 0)), "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}
-    atomic_write_json(local_dir / "final.json", final)
-    plot_curves(local_dir, cfg.eval.metric)
+    atomic_write_json(run.local_dir / "final.json", final)
+    plot_curves(run.local_dir, cfg.eval.metric)
+    return final
+
+
+def run_distributed(cfg: Config, run_dir: str | Path | None = None, address: str | None = None,
+                    log=print) -> dict[str, Any]:
+    """Fit the TorchTrainer; returns final.json's content (best epoch, valid, test)."""
+    run = prepare_run(cfg, run_dir)
+    t0 = time.perf_counter()
+    init_ray(cfg, address)
+    t_ray = time.perf_counter() - t0
+    trainer, run = build_trainer(cfg, run)
+    log(f"ray up in {t_ray:.1f}s; training {cfg.distributed.num_workers} worker(s) -> {run.storage}/{run.name}")
+    result = trainer.fit()
+    final = finish_run(result, run, cfg)
     log("test  " + " ".join(f"{k}={v:.4f}" for k, v in final["test"].items()) + f"  (best epoch {final['best_epoch']})")
     return final

@@ -48,7 +48,8 @@ def build_engine(model: torch.nn.Module, cfg: Config, device: torch.device):  # 
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     optimizer = None
     if cfg.deepspeed.optimizer == "torch_adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                     foreach=True)  # same result as the per-parameter loop, faster
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, model_parameters=None if optimizer else model.parameters(),
         config=deepspeed_config(cfg, device),

@@ -167,7 +167,7 @@ class _TorchDDP:
 
         self.module = model
         self.net = ray.train.torch.prepare_model(model, move_to_device=False)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=True)
         self.step = torch_step(model, self.optimizer, cfg.train.grad_clip)
 
 
@@ -183,7 +183,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    data = load_prepared(cfg.data.path, max_len=cfg.data.max_len)
+    data = load_prepared(cfg.data.path, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
     t_load = time.perf_counter()
     local = materialize_shard(ray.train.get_dataset_shard("train"), data.max_len, data.horizon, rank, size)
     t_ingest = time.perf_counter()

@@ -63,7 +63,7 @@ def heldout_items(run_dir: Path) -> dict[int, tuple[int, int]] | None:
     cfg = config_from_dict(yaml.safe_load(cfg_path.read_text()))
     if not (Path(cfg.data.path) / "manifest.json").exists():
         return None
-    ev = load_prepared(cfg.data.path, max_len=cfg.data.max_len).eval
+    ev = load_prepared(cfg.data.path, max_len=cfg.data.max_len, horizon=cfg.data.horizon).eval
     return {int(u): (int(v), int(t)) for u, v, t in zip(ev.user, ev.valid, ev.test)}
 
 

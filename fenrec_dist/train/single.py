@@ -81,11 +81,11 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
-    data = load_prepared(cfg.data.path, max_len=cfg.data.max_len)
+    data = load_prepared(cfg.data.path, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
     if not resume:
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     model = build_model(cfg, data, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=True)
     stopper = EarlyStopping(cfg.train.patience)
     start_epoch = 0
     log_file = MetricsLog(run_dir)
@@ -198,5 +198,5 @@ def evaluate_run(run_dir: Path, log=print) -> dict[str, Any]:
     """`fenrec evaluate RUN_DIR`: re-score the best checkpoint."""
     cfg = load_run_config(run_dir)
     device = resolve_device(cfg.train.device)
-    data = load_prepared(cfg.data.path, max_len=cfg.data.max_len)
+    data = load_prepared(cfg.data.path, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
     return finish(Path(run_dir), cfg, data, device, log)

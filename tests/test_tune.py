@@ -1,0 +1,342 @@
+"""`fenrec tune`: space files are checked before any trial starts; a quick.yaml sweep on
+tiny synthetic data (Ray Tune over Ray Train trials, ASHA) writes the sorted trials
+table, best.yaml (the best trial's full config) and params.png; an interrupted sweep
+resumes."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from fenrec_dist.cli import main
+from fenrec_dist.config import ConfigError, Config, load_config, to_dict
+from fenrec_dist.tune.results import row_from_history, sort_rows, to_csv, to_markdown, write_results
+from fenrec_dist.tune.space import base_config, load_space, parse_space, trial_config, validate_space
+from fenrec_dist.tune.sweep import derive_concurrency
+
+SPACES = ROOT / "tune_spaces"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+# --------------------------------------------------------------------------- the space files
+
+
+@pytest.mark.parametrize("name", ["quick", "soft_label", "negatives", "contrast"])
+def test_shipped_spaces_parse_and_validate(name):
+    space = load_space(SPACES / f"{name}.yaml")
+    config = ROOT / "configs" / ("demo.yaml" if name == "quick" else "beauty.yaml")
+    base = base_config(config, [], space)
+    validate_space(space, base)  # every candidate value passes the config's own checks
+    assert space.metric == "NDCG@20" and space.mode == "max"
+    assert space.scheduler.type == "asha"
+    assert 2 <= space.num_trials() <= 4 if name == "quick" else space.num_trials() >= 8
+    text = (SPACES / f"{name}.yaml").read_text()
+    assert text.startswith("#"), "each space file starts with comments explaining it"
+
+
+def test_issue_parameters_are_in_the_spaces():
+    params = {n: set(load_space(SPACES / f"{n}.yaml").params) for n in ("soft_label", "negatives", "contrast")}
+    assert params["soft_label"] == {"loss.gamma", "data.horizon"}
+    assert {"negatives.hard_weight", "negatives.lam_min", "negatives.lam_max", "negatives.noise_ratio",
+            "negatives.index_weight"} <= params["negatives"]
+    assert params["contrast"] == {"loss.lambda_coarse", "loss.beta_fine", "negatives.tau", "negatives.margin"}
+
+
+def test_unknown_parameter_is_rejected_naming_file_and_parameter(tmp_path):
+    p = _write(tmp_path, "params:\n  loss.gama: {type: uniform, low: 0.1, high: 0.5}\n")
+    with pytest.raises(ConfigError) as e:
+        load_space(p)
+    msg = str(e.value)
+    assert str(p) in msg and "'loss.gama'" in msg and "did you mean 'loss.gamma'" in msg
+
+
+def test_unknown_fixed_key_and_top_level_key_are_rejected(tmp_path):
+    p = _write(tmp_path, "fixed: {train.epocs: 3}\nparams:\n  loss.gamma: {type: uniform, low: 0.1, high: 0.5}\n")
+    with pytest.raises(ConfigError, match="train.epocs"):
+        load_space(p)
+    p = _write(tmp_path, "schedular: asha\nparams:\n  loss.gamma: {type: uniform, low: 0.1, high: 0.5}\n")
+    with pytest.raises(ConfigError, match="schedular"):
+        load_space(p)
+
+
+def test_cli_unknown_parameter_exits_2_with_one_line_before_any_trial(tmp_path, capsys):
+    import ray
+
+    p = _write(tmp_path, "params:\n  negatives.hard_weigth: {type: choice, values: [0.1, 0.2]}\n")
+    rc = main(["tune", "--space", str(p), "--out", str(tmp_path / "sweep")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("fenrec: config error:")
+    assert str(p) in err and "negatives.hard_weigth" in err
+    assert not (tmp_path / "sweep").exists()
+    assert not ray.is_initialized()
+
+
+def test_cli_unprepared_data_exits_2_before_any_trial(tmp_path, capsys):
+    import ray
+
+    rc = main(["tune", "--space", str(SPACES / "quick.yaml"), "--set", f"data.path={tmp_path / 'nodata'}",
+               "--out", str(tmp_path / "sweep")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nodata" in err and "manifest" in err
+    assert not (tmp_path / "sweep").exists() and not ray.is_initialized()
+    assert main(["tune", "--resume", str(tmp_path / "nosweep")]) == 2
+    assert "holds no sweep" in capsys.readouterr().err
+    assert main(["tune", "--resume", str(tmp_path), "--trials", "3"]) == 2
+    assert "drop --config/--space/--set/--trials" in capsys.readouterr().err
+
+
+def test_values_the_config_rejects_are_caught_before_the_sweep(tmp_path):
+    base = Config()
+    # loss.gamma must lie in (0, 1]: the range's low end is checked
+    space = parse_space({"params": {"loss.gamma": {"type": "uniform", "low": 0.0, "high": 0.5}}}, tmp_path / "s.yaml")
+    with pytest.raises(ConfigError) as e:
+        validate_space(space, base)
+    assert "s.yaml" in str(e.value) and "'loss.gamma'" in str(e.value)
+    # type check: an int key cannot take a float range
+    space = parse_space({"params": {"train.batch_size": {"type": "uniform", "low": 64, "high": 512}}}, "s.yaml")
+    with pytest.raises(ConfigError, match="train.batch_size.*expected int"):
+        validate_space(space, base)
+    # cross-field check: overlapping lam ranges can give lam_min > lam_max
+    space = parse_space({"params": {"negatives.lam_min": {"type": "uniform", "low": 0.2, "high": 0.35},
+                                    "negatives.lam_max": {"type": "uniform", "low": 0.3, "high": 0.8}}}, "s.yaml")
+    with pytest.raises(ConfigError, match="lam_min=0.35, negatives.lam_max=0.3 are rejected together"):
+        validate_space(space, base)
+    # ... while ranges that cannot cross pass, even where one end alone would not fit the defaults (0.4)
+    validate_space(parse_space({"params": {"negatives.lam_min": {"type": "uniform", "low": 0.1, "high": 0.2},
+                                           "negatives.lam_max": {"type": "uniform", "low": 0.2, "high": 0.3}}},
+                               "s.yaml"), base)
+    # a metric the evaluation does not report
+    space = parse_space({"metric": "NDCG@50", "params": {"loss.gamma": {"type": "choice", "values": [0.2]}}}, "s.yaml")
+    with pytest.raises(ConfigError, match="NDCG@50"):
+        validate_space(space, base)
+
+
+def test_horizon_above_the_prepared_one_is_rejected(tiny_data):
+    space = parse_space({"params": {"data.horizon": {"type": "choice", "values": [1, 2, 3]}}}, "soft.yaml")
+    base = load_config(None, [f"data.path={tiny_data}"])
+    with pytest.raises(ConfigError, match="prepared horizon 2"):
+        validate_space(space, base)
+    validate_space(parse_space({"params": {"data.horizon": {"type": "choice", "values": [0, 1, 2]}}}, "s.yaml"), base)
+
+
+def test_malformed_distributions_are_rejected(tmp_path):
+    bad = [
+        ({"type": "normal", "low": 0, "high": 1}, "type must be one of"),
+        ({"type": "uniform", "low": 0.5, "high": 0.1}, "low < high"),
+        ({"type": "loguniform", "low": 0.0, "high": 0.1}, "low > 0"),
+        ({"type": "choice", "values": []}, "non-empty list"),
+        ({"type": "uniform", "low": 0.1}, "needs 'high'"),
+        ({"type": "uniform", "low": 0.1, "high": 0.5, "step": 2}, "unknown field"),
+    ]
+    for spec, msg in bad:
+        with pytest.raises(ConfigError, match=msg):
+            parse_space({"params": {"loss.gamma": spec}}, "s.yaml")
+
+
+def test_optuna_is_used_only_when_installed():
+    import importlib.util
+
+    raw = {"search": "optuna", "params": {"loss.gamma": {"type": "uniform", "low": 0.1, "high": 0.5}}}
+    if importlib.util.find_spec("optuna") is None:
+        with pytest.raises(ConfigError, match="optuna.*not installed"):
+            parse_space(raw, "s.yaml")
+    else:
+        assert parse_space(raw, "s.yaml").search == "optuna"
+
+
+def test_grid_versus_random_search():
+    from ray.tune.search.variant_generator import generate_variants
+
+    params = {"loss.gamma": {"type": "uniform", "low": 0.1, "high": 0.4, "grid_points": 4},
+              "negatives.hard_weight": {"type": "choice", "values": [0.05, 0.2]}}
+    grid = parse_space({"search": "grid", "params": params}, "g.yaml")
+    assert grid.params["loss.gamma"].grid_values() == [0.1, 0.2, 0.3, 0.4]
+    assert grid.num_trials() == 8
+    variants = [cfg["params"] for _, cfg in generate_variants({"params": grid.param_space()})]
+    assert len(variants) == 8
+    assert {(v["loss.gamma"], v["negatives.hard_weight"]) for v in variants} == {
+        (g, w) for g in (0.1, 0.2, 0.3, 0.4) for w in (0.05, 0.2)}
+    assert parse_space({"search": "grid", "num_samples": 2, "params": params}, "g.yaml").num_trials() == 16
+
+    rnd = parse_space({"search": "random", "num_samples": 5, "params": params}, "r.yaml")
+    assert rnd.num_trials() == 5
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        [(_, cfg)] = list(generate_variants({"params": rnd.param_space()}, random_state=rng))
+        assert 0.1 <= cfg["params"]["loss.gamma"] <= 0.4 and cfg["params"]["negatives.hard_weight"] in (0.05, 0.2)
+    # a grid-typed parameter is crossed with the random samples
+    mixed = parse_space({"num_samples": 2, "params": {"loss.gamma": {"type": "grid", "values": [0.1, 0.2, 0.3]}}},
+                        "m.yaml")
+    assert mixed.num_trials() == 6
+    assert mixed.with_num_samples(4).num_trials() == 12
+    with pytest.raises(ConfigError, match="grid_points"):
+        parse_space({"search": "grid", "params": {"loss.gamma": {"type": "uniform", "low": 0.1, "high": 0.4}}}, "g")
+
+
+def test_precedence_and_conflicting_set(tmp_path):
+    space = load_space(SPACES / "quick.yaml")
+    base = base_config(ROOT / "configs" / "demo.yaml", ["train.epochs=1"], space)
+    assert base.model.hidden == 16          # fixed beats the config file (32)
+    assert base.train.epochs == 1           # --set beats fixed (2)
+    assert base.distributed.num_workers == 1  # resources: -> distributed.*
+    with pytest.raises(ConfigError, match="--set loss.gamma conflicts"):
+        base_config(None, ["loss.gamma=0.3"], space)
+
+
+def test_trial_config_takes_numpy_samples():
+    cfg = trial_config(Config(), {"loss.gamma": np.float64(0.3), "train.batch_size": np.int64(64)})
+    assert cfg.loss.gamma == 0.3 and cfg.train.batch_size == 64 and type(cfg.train.batch_size) is int
+
+
+def test_concurrency_from_resources():
+    assert derive_concurrency({"CPU": 1.0}, {"CPU": 2.0}, num_trials=8) == 2
+    assert derive_concurrency({"CPU": 2.0}, {"CPU": 2.0}, num_trials=8) == 1
+    assert derive_concurrency({"CPU": 3.0}, {"CPU": 2.0}, num_trials=8) == 1  # at least one
+    assert derive_concurrency({"CPU": 0.5}, {"CPU": 16.0}, num_trials=3) == 3  # never more than trials
+    assert derive_concurrency({"CPU": 1.0, "GPU": 1.0}, {"CPU": 16.0, "GPU": 2.0}, num_trials=8) == 2
+    assert derive_concurrency({"CPU": 1.0}, {"CPU": 2.0}, num_trials=8, requested=5) == 5
+    with pytest.raises(ConfigError):
+        derive_concurrency({"CPU": 1.0}, {"CPU": 2.0}, num_trials=8, requested=0)
+
+
+# --------------------------------------------------------------------------- results, without Ray
+
+
+def _history(values, final_test=None):
+    recs = [{"epoch": i, "epochs_done": i + 1, "valid/NDCG@20": v} for i, v in enumerate(values)]
+    if final_test is not None:
+        recs.append({"final": True, "valid/NDCG@20": max(values), "test/NDCG@20": final_test, "epochs_done": math.nan})
+    return recs
+
+
+def test_rows_table_best_yaml_and_plot(tmp_path):
+    space = load_space(SPACES / "quick.yaml")
+    base = to_dict(base_config(None, [], space))
+    rows = [
+        row_from_history("t0", {"loss.gamma": 0.4, "negatives.hard_weight": 0.1}, _history([0.10]), "NDCG@20"),
+        row_from_history("t1", {"loss.gamma": 0.1, "negatives.hard_weight": np.float64(0.05)},
+                         _history([0.12, 0.15], 0.14), "NDCG@20"),
+        row_from_history("t2", {"loss.gamma": 0.2, "negatives.hard_weight": 0.2}, _history([0.11, 0.13], 0.12),
+                         "NDCG@20"),
+        row_from_history("t3", {"loss.gamma": 0.3, "negatives.hard_weight": 0.2}, [], "NDCG@20", error=True),
+    ]
+    assert [r.status for r in rows] == ["stopped", "completed", "completed", "error"]
+    assert rows[1].best == 0.15 and rows[1].epochs == 2 and rows[1].test == 0.14
+    out = write_results(tmp_path, rows, space, base)
+    assert [r.trial_id for r in out["rows"]] == ["t1", "t2", "t0", "t3"]
+    with open(tmp_path / "trials.csv") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == ["trial_id", "loss.gamma", "negatives.hard_weight", "best_valid_NDCG@20",
+                              "test_NDCG@20", "epochs", "status"]
+    assert [r["trial_id"] for r in table] == ["t1", "t2", "t0", "t3"]
+    md = (tmp_path / "trials.md").read_text().splitlines()
+    assert md[0].startswith("| trial_id |") and [l.split("|")[1].strip() for l in md[2:]] == ["t1", "t2", "t0", "t3"]
+    best = load_config(tmp_path / "best.yaml")
+    assert best == trial_config(base, {"loss.gamma": 0.1, "negatives.hard_weight": 0.05})
+    assert (tmp_path / "params.png").read_bytes()[:8] == PNG_MAGIC
+    assert sort_rows(rows, "min")[0].trial_id == "t0"
+    assert "t1" in to_markdown(rows, space) and "t1" in to_csv(rows, space)
+
+
+# --------------------------------------------------------------------------- a real sweep
+
+
+@pytest.fixture
+def fresh_ray():
+    import ray
+
+    ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+def _check_sweep(sweep: Path, n: int) -> list[dict]:
+    with open(sweep / "trials.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == n
+    scores = [float(r["best_valid_NDCG@20"]) for r in table]
+    assert scores == sorted(scores, reverse=True) and all(s > 0 for s in scores)
+    md_ids = [l.split("|")[1].strip() for l in (sweep / "trials.md").read_text().splitlines()[2:]]
+    assert md_ids == [r["trial_id"] for r in table]
+    for r in table:
+        assert r["status"] in ("completed", "stopped")
+        trial = sweep / "trials" / r["trial_id"]
+        assert (trial / "config.yaml").exists()
+        assert len([p for p in trial.glob("checkpoint_*") if p.is_dir()]) <= 1  # quick.yaml keeps 1 per trial
+    best = table[0]
+    best_cfg = load_config(sweep / "best.yaml")  # what `fenrec train --config best.yaml` loads
+    assert best_cfg == load_config(sweep / "trials" / best["trial_id"] / "config.yaml")
+    assert best_cfg.loss.gamma == pytest.approx(float(best["loss.gamma"]), abs=0)
+    assert best_cfg.negatives.hard_weight == float(best["negatives.hard_weight"])
+    assert best_cfg.train.epochs == 2 and best_cfg.model.hidden == 16
+    assert (sweep / "params.png").read_bytes()[:8] == PNG_MAGIC
+    return table
+
+
+@pytest.mark.ray
+def test_quick_sweep_writes_sorted_table_best_yaml_and_plot(tiny_data, tmp_path, fresh_ray, capsys):
+    """2 trials at once (1 worker each) on the tiny data: about 60-100 s on 2 cores."""
+    sweep = tmp_path / "sweep"
+    t0 = time.perf_counter()
+    rc = main(["tune", "--space", str(SPACES / "quick.yaml"), "--set", f"data.path={tiny_data}", "--trials", "2",
+               "--out", str(sweep)])
+    took = time.perf_counter() - t0
+    assert rc == 0
+    table = _check_sweep(sweep, 2)
+    out = capsys.readouterr().out
+    assert "| trial_id | loss.gamma |" in out  # the table is printed at the end
+    assert all(r["trial_id"] in out for r in table)
+    print(f"quick sweep: {took:.0f}s")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_interrupted_sweep_resumes(tiny_data, tmp_path):
+    """SIGINT a 3-trial sweep once its first trial reports, then `fenrec tune --resume` finishes it."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    fenrec = str(Path(sys.executable).parent / "fenrec")
+    cmd = [fenrec, "tune", "--space", str(SPACES / "quick.yaml"), "--set", f"data.path={tiny_data}",
+           "--set", "train.epochs=3", "--max-concurrent", "1", "--out", str(sweep)]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list((sweep / "trials").glob("*/metrics.jsonl")):
+            time.sleep(1)
+        assert list((sweep / "trials").glob("*/metrics.jsonl")), "no trial reported an epoch"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert not (sweep / "trials.csv").exists()  # interrupted before the end
+    done = subprocess.run([fenrec, "tune", "--resume", str(sweep)], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resuming" in done.stdout
+    with open(sweep / "trials.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 3 and all(r["status"] in ("completed", "stopped") for r in table)
+    assert (sweep / "best.yaml").exists() and (sweep / "params.png").exists()
+    # at least one trial's Train run picked up from its checkpoint
+    assert "[fenrec] resumed after epoch" in done.stdout + done.stderr
