@@ -29,7 +29,7 @@ from fenrec_dist.negatives.index import (
     search,
 )
 from fenrec_dist.negatives.store import NegativesStore, neighbors_from_table, samples_table
-from tests.conftest import tiny_overrides
+from conftest import tiny_overrides
 
 
 def random_facts(rng: np.random.Generator, n: int, items: int, users: int, horizon: int = 2) -> TrainingFacts:
