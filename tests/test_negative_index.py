@@ -303,8 +303,10 @@ def test_inspector_user_view_and_errors(index_run, capsys):
     assert main(["negatives", "inspect", str(run), "--user", str(user)]) == 0
     text = capsys.readouterr().out
     assert "fn_raw" in text and f"user {user}," in text
-    assert main(["negatives", "inspect", str(run), "--epoch", "0"]) == 2  # pruned by index_keep
+    png = run.parent / "not-written.png"
+    assert main(["negatives", "inspect", str(run), "--epoch", "0", "--plot", str(png)]) == 2  # pruned by index_keep
     assert "not saved" in capsys.readouterr().err
+    assert not png.exists()  # a refused report writes nothing
     assert main(["negatives", "inspect", str(run.parent)]) == 2
     assert "no negatives/" in capsys.readouterr().err
 

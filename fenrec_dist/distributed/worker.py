@@ -31,6 +31,7 @@ from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
 from fenrec_dist.train.checkpoint import load_state, rng_state, save_state, set_rng_state
 from fenrec_dist.train.early_stopping import EarlyStopping
 from fenrec_dist.train.loop import embed, evaluate_sums, torch_step, train_epoch
+from fenrec_dist.train.single import negatives_record, time_is_up
 
 STATE_TAG = "state"
 FAULT_ENV = "FENREC_FAULT_AT"  # "EPOCH:BATCH:RANK:MARKER_FILE" - kill this worker once (failure tests)
@@ -121,12 +122,6 @@ def epoch_representations_distributed(encoder: SequenceEncoder, local: SampleTab
     intents = cluster_gathered(all_reprs, cfg.intents.k, cfg.intents.niter, cfg.train.seed + epoch, device) \
         if cfg.loss.beta_fine > 0 else None
     return intents, all_reprs
-
-
-def fit_intents_distributed(encoder: SequenceEncoder, local: SampleTable, cfg: Config, epoch: int,
-                            device: torch.device) -> IntentClusters:
-    """Each rank embeds its rows (eval mode); see ``cluster_across_ranks``."""
-    return epoch_representations_distributed(encoder, local, cfg, epoch, device)[0]  # type: ignore[return-value]
 
 
 def make_refresher(cfg: Config, data: PreparedData, device: torch.device):  # type: ignore[no-untyped-def]
@@ -253,8 +248,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.train.epochs):
         if stopper.should_stop:
             break
-        time_up = epoch > start_epoch and cfg.train.time_limit_min > 0 and \
-            time.perf_counter() - t_start >= 60.0 * cfg.train.time_limit_min
+        time_up = epoch > start_epoch and time_is_up(cfg, t_start)
         if C.all_reduce_min(int(not time_up), device) == 0:
             if rank == 0:
                 print(f"[fenrec] train.time_limit_min={cfg.train.time_limit_min} reached; stopping before epoch {epoch}",
@@ -279,8 +273,6 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                           cfg.train.seed, device, rank=rank, progress=False, num_batches=len(batches), index=index)
         neg_rec = None
         if refresher is not None:
-            from fenrec_dist.train.single import negatives_record
-
             stats = {}
             if loss_fn.after_warmup(epoch):  # same on every rank, so the collective matches
                 stats = {k: v / size for k, v in C.all_reduce_sums(

@@ -131,6 +131,7 @@ def _neighbour_rows(table: pa.Table, rows: np.ndarray, index: faiss.Index | None
         a = int(ids[r])
         ho = heldout.get(int(users[r])) if heldout else None
         va = _vector(index, a)
+        mined_set = set(mined[r].tolist())
         nbs = []
         for j in range(raw.shape[1]):
             n = int(raw[r, j])
@@ -143,7 +144,7 @@ def _neighbour_rows(table: pa.Table, rows: np.ndarray, index: faiss.Index | None
             nbs.append({
                 "rank": j, "sample_id": n, "user": int(users[p]) if p is not None else None, "target": t,
                 "sim": float(sims[r, j]), "cos": cos, "reason": REASONS[int(reason[r, j])],
-                "false_negative": int(reason[r, j]) != KEPT, "mined": bool(n in set(mined[r].tolist())),
+                "false_negative": int(reason[r, j]) != KEPT, "mined": n in mined_set,
                 "heldout_hit": bool(ho is not None and t is not None and t in ho),
             })
         out.append({"sample_id": a, "user": int(users[r]), "target": int(targets[r]), "intent": int(intents[r]),

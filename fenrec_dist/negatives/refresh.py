@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fenrec_dist.config import Config
+from fenrec_dist.distributed.collectives import gather_rows_to_all
 from fenrec_dist.intents import IntentClusters
 from fenrec_dist.negatives.index import (
     FaissResources,
@@ -36,8 +37,7 @@ GatherRows = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def _local_gather(ids: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(ids, kind="stable")
-    return ids[order], rows[order]
+    return gather_rows_to_all(ids, rows, torch.device("cpu"))  # one process: sorts by id
 
 
 @dataclass

@@ -34,11 +34,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fit_intents(encoder: SequenceEncoder, data: PreparedData, cfg: Config, epoch: int, device: torch.device) -> IntentClusters:
-    """Embed every training sample in eval mode and run FAISS k-means on them."""
-    return epoch_representations(encoder, data, cfg, epoch, device)[0]  # type: ignore[return-value]
-
-
 def epoch_representations(encoder: SequenceEncoder, data: PreparedData, cfg: Config, epoch: int,
                           device: torch.device, need_reprs: bool = False) -> tuple[IntentClusters | None, np.ndarray | None]:
     """The epoch-start pass: eval-mode representations float32 [N, d] of every training
