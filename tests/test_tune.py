@@ -20,7 +20,8 @@ import pytest
 from conftest import ROOT
 from fenrec_dist.cli import main
 from fenrec_dist.config import ConfigError, Config, load_config, to_dict
-from fenrec_dist.tune.results import row_from_history, sort_rows, to_csv, to_markdown, write_results
+from fenrec_dist.tune.results import (TRAIN_SNAPSHOT, prune_unregistered_checkpoints, row_from_history, sort_rows,
+                                      to_csv, to_markdown, write_results)
 from fenrec_dist.tune.space import base_config, load_space, parse_space, trial_config, validate_space
 from fenrec_dist.tune.sweep import derive_concurrency
 
@@ -255,6 +256,32 @@ def test_rows_table_best_yaml_and_plot(tmp_path):
     assert "t1" in to_markdown(rows, space) and "t1" in to_csv(rows, space)
 
 
+def test_prune_keeps_exactly_the_checkpoints_ray_train_registered(tmp_path):
+    """A trial Tune stopped with reports still queued: its uploaded but unregistered dirs go."""
+    import json
+
+    names = [f"checkpoint_2026-11-27_10-00-0{i}.000000" for i in range(4)]
+    for n in names:
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "client_state.pt").write_bytes(b"x")
+    (tmp_path / "checkpoint_tmp_not_a_dir").write_text("file, not a checkpoint dir")
+    snap = {"checkpoint_results": [{"checkpoint_dir_name": names[1], "metrics": {}}],
+            "pending_training_results": [], "latest_checkpoint_result": {"checkpoint_dir_name": names[1], "metrics": {}}}
+    (tmp_path / TRAIN_SNAPSHOT).write_text(json.dumps(snap))
+    assert prune_unregistered_checkpoints(tmp_path, keep=1) == [names[0], names[2], names[3]]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*")) == [
+        names[1], TRAIN_SNAPSHOT, "checkpoint_tmp_not_a_dir"]  # files are left alone
+    assert prune_unregistered_checkpoints(tmp_path, keep=1) == []  # idempotent
+
+
+def test_prune_without_a_snapshot_keeps_the_newest(tmp_path):
+    names = [f"checkpoint_2026-11-27_10-00-0{i}.000000" for i in range(3)]
+    for n in names:
+        (tmp_path / n).mkdir()
+    assert prune_unregistered_checkpoints(tmp_path, keep=2) == [names[0]]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*")) == names[1:]
+
+
 # --------------------------------------------------------------------------- a real sweep
 
 
@@ -279,7 +306,10 @@ def _check_sweep(sweep: Path, n: int) -> list[dict]:
         assert r["status"] in ("completed", "stopped")
         trial = sweep / "trials" / r["trial_id"]
         assert (trial / "config.yaml").exists()
-        assert len([p for p in trial.glob("checkpoint_*") if p.is_dir()]) <= 1  # quick.yaml keeps 1 per trial
+        kept = [p.name for p in trial.glob("checkpoint_*") if p.is_dir()]
+        assert len(kept) <= 1  # quick.yaml keeps 1 per trial, even for trials ASHA stopped mid-report
+        if kept:  # and it is the one Ray Train registered (so a resume of that run finds it)
+            assert kept[0] in (trial / TRAIN_SNAPSHOT).read_text()
     best = table[0]
     best_cfg = load_config(sweep / "best.yaml")  # what `fenrec train --config best.yaml` loads
     assert best_cfg == load_config(sweep / "trials" / best["trial_id"] / "config.yaml")

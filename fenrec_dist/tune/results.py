@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -19,6 +21,32 @@ from fenrec_dist.tune.space import Space, plain, trial_config
 from fenrec_dist.tune.trainable import TIME_ATTR
 
 STATUSES = ("completed", "stopped", "error", "pending")
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of the checkpoints it keeps
+
+
+def prune_unregistered_checkpoints(trial_dir: Path, keep: int) -> list[str]:
+    """Delete the ``checkpoint_*`` dirs of a *finished* trial that Ray Train never registered.
+
+    A worker uploads its checkpoint before the Train controller registers it (and only a
+    registration applies ``CheckpointConfig.num_to_keep``). When Tune stops a trial (ASHA)
+    the controller dies with reports still queued, so their uploaded checkpoints stay on
+    storage, unpruned (seen: 3 dirs where 1 is kept). Kept: the dirs named in the trial's
+    ``checkpoint_manager_snapshot.json``; without one (nothing was registered), the newest
+    ``keep`` by name (Ray names them by time). Returns the names deleted, oldest first.
+    """
+    dirs = sorted(p.name for p in Path(trial_dir).glob("checkpoint_*") if p.is_dir())
+    snap = Path(trial_dir) / TRAIN_SNAPSHOT
+    if snap.exists():
+        state = json.loads(snap.read_text())
+        results = [*state.get("checkpoint_results", []), *state.get("pending_training_results", []),
+                   state.get("latest_checkpoint_result") or {}]
+        kept = {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
+    else:
+        kept = set(dirs[-keep:]) if keep > 0 else set(dirs)
+    gone = [d for d in dirs if d not in kept]
+    for d in gone:
+        shutil.rmtree(Path(trial_dir) / d, ignore_errors=True)
+    return gone
 
 
 @dataclass

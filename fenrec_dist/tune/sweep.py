@@ -159,7 +159,8 @@ def run_sweep(config_path: str | None = None, space_path: str | None = None, ove
     from ray import tune
 
     from fenrec_dist.distributed.driver import init_ray
-    from fenrec_dist.tune.results import row_from_history, to_markdown, write_results
+    from fenrec_dist.tune.results import (prune_unregistered_checkpoints, row_from_history, to_markdown,
+                                          write_results)
 
     sweep_dir, space, base, resuming = plan_sweep(config_path, space_path, overrides or [], out, trials, resume)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -226,6 +227,7 @@ def run_sweep(config_path: str | None = None, space_path: str | None = None, ove
 
     rows = []
     for r in grid:
+        prune_unregistered_checkpoints(sweep_dir / "trials" / Path(r.path).name, base.distributed.keep_checkpoints)
         df = r.metrics_dataframe
         history = df.to_dict("records") if df is not None else ([r.metrics] if r.metrics else [])
         rows.append(row_from_history(Path(r.path).name, (r.config or {}).get("params", {}), history, space.metric,
