@@ -6,7 +6,8 @@
 Prepares Beauty into a temp dir, then runs one epoch of the single-process path with
 ``negatives.warmup_epochs=0`` (so the epoch takes the post-warm-up path), including the
 intent clustering pass and validation, and reports each phase, samples/s and the peak RSS
-of the whole process. Writes bench/results/epoch.json.
+of the whole process, also per phase (a thread samples the resident size every 50 ms and
+the phase functions are wrapped to label the samples). Writes bench/results/epoch.json.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -40,6 +42,35 @@ def main() -> int:
     from fenrec_dist.data.prepare import prepare
     from fenrec_dist.train.single import train_single
 
+    import fenrec_dist.train.single as single
+    from fenrec_dist.train.memory import resident_mib
+
+    phase_peak: dict[str, float] = {}
+    phase = ["prepare"]
+
+    def label(name: str, fn):  # type: ignore[no-untyped-def]
+        def wrapped(*a, **k):  # type: ignore[no-untyped-def]
+            prev, phase[0] = phase[0], name
+            try:
+                return fn(*a, **k)
+            finally:
+                phase[0] = prev
+        return wrapped
+
+    single.epoch_representations = label("cluster", single.epoch_representations)
+    single.train_epoch = label("train", single.train_epoch)
+    single.evaluate_split = label("eval", single.evaluate_split)
+    single.finish = label("final_test", single.finish)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            r = resident_mib()
+            phase_peak[phase[0]] = max(phase_peak.get(phase[0], 0.0), r)
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -48,15 +79,19 @@ def main() -> int:
         cfg = load_config(args.config, [f"data.path={tmp}/data", "negatives.warmup_epochs=0", "train.epochs=1",
                                         "train.progress=false", f"train.threads={args.threads}"] + args.overrides)
         t0 = time.perf_counter()
+        phase[0] = "setup"
         train_single(cfg, Path(tmp) / "run", log=lambda *_: None)
         total = time.perf_counter() - t0
         rec = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    stop.set()
+    sampler.join()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     out = {
         "command": " ".join(sys.argv), "threads": args.threads, "prepare_s": round(t_prep, 2),
         "phases_s": {k: round(v, 1) for k, v in rec["time"].items()},
         "samples_per_s": round(rec["samples_per_s"], 1), "run_total_s": round(total, 1),
-        "peak_rss_mib": round(peak, 0), "valid_after_1_epoch": rec["valid"], "loss": rec["loss"],
+        "peak_rss_mib": round(peak, 0), "peak_rss_mib_by_phase": {k: round(v) for k, v in phase_peak.items()},
+        "trim_every": cfg.train.trim_every, "valid_after_1_epoch": rec["valid"], "loss": rec["loss"],
         "reference_here_s": {"train": 314, "cluster": "26-30", "eval": 7, "epoch": 350, "peak_rss_gib": 5.3},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

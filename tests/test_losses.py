@@ -13,7 +13,7 @@ from fenrec_dist.intents import IntentClusters
 from fenrec_dist.losses.fenrec import FENRecLoss
 from fenrec_dist.losses.hard_negatives import explicit_hard_negatives, hard_negative_logits, sample_lam
 from fenrec_dist.losses.intent_contrast import NegativeBlock, make_contrast_batch, weighted_info_nce
-from fenrec_dist.losses.noise_negatives import nudge_noise
+from fenrec_dist.losses.noise_negatives import nudge_noise, nudge_noise_contrast
 from fenrec_dist.losses.shaping import Shaping
 from fenrec_dist.losses.soft_labels import soft_label_loss, soft_label_weights
 
@@ -187,6 +187,33 @@ def test_noise_nudge_ascends_the_loss():
     assert not moved.requires_grad
     assert torch.allclose((moved - noise).norm(dim=1), torch.full((6,), 0.2), atol=0.05)
     assert loss_fn(moved) > loss_fn(noise)
+
+
+@pytest.mark.parametrize("shaped,temperature", [(True, 1.0), (True, 0.5), (False, 1.0), (False, 2.0)])
+def test_noise_nudge_with_written_out_gradient_equals_autograd(shaped, temperature):
+    """The sampler's closed-form ascent equals nudge_noise on the same loss, through autograd."""
+    g = torch.Generator().manual_seed(11)
+    n, r, d = 24, 40, 8
+    z = torch.randn(n, d, generator=g, dtype=torch.float64) * 3
+    fixed = torch.randn(n, generator=g, dtype=torch.float64) * 2 + 5
+    pos = torch.randn(n, generator=g, dtype=torch.float64)
+    noise = torch.randn(r, d, generator=g, dtype=torch.float64)
+    shaping = Shaping(shaped, tau=8.0, margin=0.2)
+
+    def loss_fn(x):
+        noise_lse = torch.logsumexp(shaping.negative(z @ x.t() / temperature), dim=1)
+        return (torch.logaddexp(fixed, noise_lse) - pos).mean()
+
+    want = nudge_noise(noise, loss_fn, steps=4, step_size=0.3)
+    got = nudge_noise_contrast(noise, z, fixed, pos, shaping, temperature, steps=4, step_size=0.3)
+    assert not got.requires_grad
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    assert loss_fn(got) > loss_fn(noise)  # it ascends
+    # one step, by hand: each vector moves step_size along its normalised gradient
+    x = noise.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_fn(x), x)
+    one = nudge_noise_contrast(noise, z, fixed, pos, shaping, temperature, steps=1, step_size=0.3)
+    assert torch.allclose(one, noise + 0.3 * grad / grad.norm(dim=1, keepdim=True), atol=1e-12)
 
 
 def test_hard_negative_path_is_finite_from_a_fresh_model_scale():

@@ -31,6 +31,7 @@ from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
 from fenrec_dist.train.checkpoint import load_state, rng_state, save_state, set_rng_state
 from fenrec_dist.train.early_stopping import EarlyStopping
 from fenrec_dist.train.loop import embed, evaluate_sums, torch_step, train_epoch
+from fenrec_dist.train.memory import release_free_memory
 from fenrec_dist.train.single import negatives_record, time_is_up
 
 STATE_TAG = "state"
@@ -258,6 +259,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         intents, reprs = epoch_representations_distributed(encoder, local, cfg, epoch, device,
                                                            need_reprs=refresher is not None)
+        release_free_memory()  # each phase starts from a trimmed heap, so phase peaks do not stack
         t_cluster = time.perf_counter() - t0
         index = None
         if refresher is not None:
@@ -270,7 +272,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         hook = fault_injector(epoch, rank)
         epoch_step = step if hook is None else _before(hook, step)
         res = train_epoch(net, encoder, epoch_step, local, partners, data.train, batches, loss_fn, epoch, intents,
-                          cfg.train.seed, device, rank=rank, progress=False, num_batches=len(batches), index=index)
+                          cfg.train.seed, device, rank=rank, progress=False, num_batches=len(batches), index=index,
+                          trim_every=cfg.train.trim_every)
+        release_free_memory()
         neg_rec = None
         if refresher is not None:
             stats = {}
@@ -281,6 +285,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             neg_rec = negatives_record(refresher.summary, stats) if rank == 0 else None
         t0 = time.perf_counter()
         valid = evaluate_distributed(encoder, data, cfg, "valid", device)
+        release_free_memory()
         t_eval = time.perf_counter() - t0
         if stopper.update(valid[cfg.eval.metric], epoch):
             best_state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}

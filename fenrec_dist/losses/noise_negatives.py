@@ -7,9 +7,12 @@ contrastive loss; the result is detached and used as extra negatives (weight 1).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
+
+if TYPE_CHECKING:
+    from fenrec_dist.losses.shaping import Shaping
 
 
 def nudge_noise(
@@ -43,3 +46,58 @@ def draw_noise(rows: int, dim: int, generator: torch.Generator | None, device: t
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """float [rows, dim] standard Gaussian vectors (drawn on CPU for device-independent seeds)."""
     return torch.randn(rows, dim, generator=generator, dtype=dtype).to(device)
+
+
+@torch.no_grad()
+def nudge_noise_contrast(
+    noise: torch.Tensor,
+    z: torch.Tensor,
+    fixed: torch.Tensor,
+    pos: torch.Tensor,
+    shaping: "Shaping",
+    temperature: float,
+    steps: int,
+    step_size: float,
+) -> torch.Tensor:
+    """``nudge_noise`` on the coarse loss, with its gradient written out (no autograd).
+
+    The loss of the noise x [R, d] is mean_i(logaddexp(fixed_i, lse_r f(s_ir)) - pos_i),
+    s = z x^T / T and f the negative shaping, so
+    d loss / d x_r = (1/N) sum_i q_ir f'(s_ir) z_i / T with q_ir = e^{f(s_ir) - total_i}
+    (the noise entry's share of row i's denominator) and f'(s) = tanh(s/tau) + m +
+    s (1 - tanh^2(s/tau)) / tau (1 without shaping). Each step is two [N, d] x [d, R]
+    matrix products and a few in-place passes over the [N, R] block, where autograd keeps
+    a temporary per op and runs the exponential twice.
+
+    Args:
+        noise: float [R, d] initial vectors.
+        z: float [N, d] detached representations of the coarse batch.
+        fixed: float [N] log of everything else in each row's denominator (positive included).
+        pos: float [N] shaped positive logits (only shifts the loss, kept for the docstring's form).
+        shaping, temperature: as in the coarse loss.
+
+    Returns:
+        float [R, d], detached; equals ``nudge_noise`` with that loss (tests/test_losses.py).
+    """
+    del pos  # a constant of the loss: no part of its gradient
+    x = noise.detach()
+    n = z.shape[0]
+    for _ in range(steps):
+        s = z @ x.t()
+        if temperature != 1.0:
+            s.div_(temperature)
+        if shaping.enabled:
+            t = torch.div(s, shaping.tau).tanh_()
+            q = torch.add(t, shaping.margin).mul_(s)  # f(s)
+        else:
+            t = None
+            q = s.clone()
+        total = torch.logaddexp(fixed, torch.logsumexp(q, dim=1))
+        q.sub_(total[:, None]).exp_()  # q_ir
+        if t is not None:  # q * f'(s)
+            d = torch.mul(t, t).neg_().add_(1.0).mul_(s).div_(shaping.tau).add_(t).add_(shaping.margin)
+            q.mul_(d)
+        g = q.t() @ z
+        g.div_(n * temperature)
+        x = x + step_size * g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return x

@@ -20,7 +20,7 @@ from fenrec_dist.config import NegativesConfig
 from fenrec_dist.losses.hard_negatives import hard_negative_logits, sample_lam
 from fenrec_dist.losses.intent_contrast import ContrastBatch, NegativeBlock, denominator_lse
 from fenrec_dist.losses.mined_negatives import mined_negative_logits
-from fenrec_dist.losses.noise_negatives import draw_noise, nudge_noise
+from fenrec_dist.losses.noise_negatives import draw_noise, nudge_noise_contrast
 from fenrec_dist.losses.shaping import Shaping
 
 if TYPE_CHECKING:
@@ -102,13 +102,11 @@ class NoiseNegatives:
             # log-denominator, then loss(noise) = mean(logaddexp(fixed, lse(noise)) - pos).
             pos = shaping.positive(det.positives)
             fixed = denominator_lse(pos, [blk for s in others for blk in s.blocks(det, ctx)], shaping)
-
-        def loss_fn(noise: torch.Tensor) -> torch.Tensor:
-            noise_lse = torch.logsumexp(shaping.negative(det.z @ noise.t() / det.temperature), dim=1)
-            return (torch.logaddexp(fixed, noise_lse) - pos).mean()
-
+        # The ascent on loss(noise) = mean(logaddexp(fixed, lse(shape(z noise^T / T))) - pos), with
+        # its gradient written out (equal to autograd's: tests/test_losses.py).
         noise = draw_noise(rows, coarse.z.shape[1], ctx.generator, coarse.z.device, coarse.z.dtype)
-        ctx.noise = nudge_noise(noise, loss_fn, self.steps, self.step_size)
+        ctx.noise = nudge_noise_contrast(noise, det.z, fixed, pos, shaping, det.temperature, self.steps,
+                                         self.step_size)
 
     def blocks(self, batch: ContrastBatch, ctx: StepContext) -> list[NegativeBlock]:
         if ctx.noise is None:

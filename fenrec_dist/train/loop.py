@@ -21,6 +21,7 @@ from fenrec_dist.losses.fenrec import FENRecLoss
 from fenrec_dist.metrics import rank_metrics, target_ranks
 from fenrec_dist.model.base import SequenceEncoder
 from fenrec_dist.train.batches import PartnerIndex, epoch_rng, to_tensor
+from fenrec_dist.train.memory import release_free_memory
 
 if TYPE_CHECKING:
     from fenrec_dist.negatives.refresh import EpochIndex
@@ -127,6 +128,7 @@ def train_epoch(
     num_batches: int | None = None,
     autocast: Callable[[], object] | None = None,
     index: "EpochIndex | None" = None,
+    trim_every: int = 0,
 ) -> EpochResult:
     """One epoch of FENRec training.
 
@@ -141,6 +143,8 @@ def train_epoch(
         loss_fn, epoch, intents: the objective, the 0-based epoch, this epoch's clusters.
         seed, rank: make the partner draws and the step generator deterministic.
         index: the epoch's refreshed negative index (``negatives.sources`` has ``index``), or None.
+        trim_every: return freed heap pages to the OS every this many steps (0 = never);
+            see ``train.memory``.
     """
     if hasattr(net, "train"):
         net.train()  # type: ignore[union-attr]
@@ -184,6 +188,8 @@ def train_epoch(
                 stat_counts[k] = stat_counts.get(k, 0) + 1
         n_batches += 1
         samples += bsz
+        if trim_every > 0 and n_batches % trim_every == 0:
+            release_free_memory()
         if progress and n_batches % 20 == 0:
             bar.set_postfix(loss=f"{sums['total'] / n_batches:.4f}")
     bar.close()

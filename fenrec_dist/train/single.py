@@ -23,6 +23,7 @@ from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
 from fenrec_dist.train.checkpoint import atomic_write_json, atomic_write_text, load_state, rng_state, save_state, set_rng_state
 from fenrec_dist.train.early_stopping import EarlyStopping
 from fenrec_dist.train.loop import embed, evaluate_sums, torch_step, train_epoch
+from fenrec_dist.train.memory import release_free_memory
 from fenrec_dist.train.report import MetricsLog, plot_curves, progress_line
 
 
@@ -121,6 +122,7 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
         t_epoch = time.perf_counter()
         t0 = time.perf_counter()
         intents, reprs = epoch_representations(model, data, cfg, epoch, device, need_reprs=refresher is not None)
+        release_free_memory()  # each phase starts from a trimmed heap, so phase peaks do not stack
         t_cluster = time.perf_counter() - t0
         index = None
         if refresher is not None:
@@ -131,11 +133,13 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
                                 cfg.train.length_grouping, cfg.train.length_bucket_batches)
         res = train_epoch(model, model, step, data.train, partners, data.train, batches, loss_fn, epoch, intents,
                           cfg.train.seed, device, progress=cfg.train.progress, num_batches=len(batches),
-                          autocast=autocast, index=index)
+                          autocast=autocast, index=index, trim_every=cfg.train.trim_every)
+        release_free_memory()
         if refresher is not None:
             refresher.record_training(epoch, res.stats)
         t0 = time.perf_counter()
         valid = evaluate_split(model, data, cfg, "valid", device)
+        release_free_memory()
         t_eval = time.perf_counter() - t0
         improved = stopper.update(valid[cfg.eval.metric], epoch)
         if improved:
