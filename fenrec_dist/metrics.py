@@ -30,6 +30,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from fenrec_dist.scoring import score_items
+
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20)
 
 
@@ -97,7 +99,7 @@ def target_ranks(
     for start in range(0, n_rows, item_chunk):
         stop = min(start + item_chunk, n_rows)
         width = stop - start
-        scores = q @ emb[start:stop].T  # [B, width]
+        scores = score_items(q, emb[start:stop])  # [B, width]
         higher = torch.zeros(b, width + 1, dtype=torch.bool, device=q.device)  # spare column for misses
         higher[:, :width] = scores > t_score[:, None]
         if start == 0:

@@ -325,3 +325,21 @@ def test_hard_negative_custom_backward_equals_autograd_in_float32(lam):
     (ga,) = _grads((plain * c).sum(), [z])
     (gb,) = _grads((fast * c).sum(), [z])
     assert torch.allclose(ga, gb, atol=1e-4, rtol=1e-5)
+
+
+def test_score_items_equals_the_plain_product_on_every_path():
+    from fenrec_dist import scoring as sl
+
+    g = torch.Generator().manual_seed(3)
+    z, w = torch.randn(37, 16, generator=g), torch.randn(501, 16, generator=g)
+    want = z @ w.t()
+    got = sl.score_items(z, w)
+    assert got.shape == (37, 501) and torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(sl.score_items(z[:, ::2], w[:, ::2]), z[:, ::2] @ w[:, ::2].t(), atol=1e-5)  # strided views
+    assert torch.equal(sl.score_items(z.double(), w.double()), z.double() @ w.double().t())  # float64: plain path
+    zg = z.clone().requires_grad_(True)
+    out = sl.score_items(zg, w)  # under autograd: the plain product, so gradients flow
+    out.sum().backward()
+    assert torch.allclose(zg.grad, w.sum(0).expand(37, 16), atol=1e-4)
+    if sl._LINEAR is not None:  # the oneDNN path is the one taken here, not the fallback
+        assert torch.allclose(sl._LINEAR(z, w, None, "none", [], ""), want, rtol=1e-5, atol=1e-5)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from fenrec_dist.scoring import score_items
+
 
 def soft_label_weights(future_len: torch.Tensor, width: int, gamma: float, soft: bool = True) -> torch.Tensor:
     """Label weights over each sample's future window.
@@ -61,7 +63,7 @@ class _SoftLabelCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, weights, future, label):  # type: ignore[no-untyped-def]
-        logits = z @ weights.t()  # [B, I + 1]
+        logits = score_items(z, weights)  # [B, I + 1]
         logits[:, 0] = float("-inf")  # padding is not a class
         logp = torch.log_softmax(logits, dim=1)  # one fused pass per row
         del logits

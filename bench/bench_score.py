@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Catalogue scoring on the CPU: ``z @ E.T`` (MKL sgemm) against ``score_items`` (oneDNN).
+
+    .venv/bin/python bench/bench_score.py [--threads 1] [--items 12102] [--reps 20]
+
+Times the product of B representations (d = 64) with the whole item table (Beauty's
+12,102 rows) for B = 256 (a training batch) and 1024 (an evaluation batch), and the whole
+soft-label cross-entropy (forward + backward) with each product; the two arms alternate
+rep by rep. Also prints the CPU vendor: MKL's slow path is an AMD one. Writes
+bench/results/score.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--items", type=int, default=12102)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "score.json"))
+    args = ap.parse_args()
+    import torch
+
+    from fenrec_dist import scoring as sl
+    from fenrec_dist.losses.soft_labels import soft_label_loss_from_reprs
+
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(args.items, args.dim, generator=g) * 0.1
+    vendor = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("vendor_id")), "?") \
+        if Path("/proc/cpuinfo").exists() else "?"
+    res: dict = {"command": " ".join(sys.argv), "threads": args.threads, "cpu_vendor": vendor,
+                 "onednn_available": sl._LINEAR is not None, "ms_median": {}}
+
+    def timed(fn) -> float:  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        fn()
+        return 1000 * (time.perf_counter() - t)
+
+    for b in (256, 1024):
+        z = torch.randn(b, args.dim, generator=g)
+        arms = {"mkl_matmul": lambda: z @ w.t(), "score_items": lambda: sl.score_items(z, w)}
+        for f in arms.values():
+            f()
+        times: dict[str, list[float]] = {k: [] for k in arms}
+        for i in range(args.reps):
+            for k in (list(arms) if i % 2 == 0 else list(reversed(arms))):
+                times[k].append(timed(arms[k]))
+        res["ms_median"][f"product_B{b}"] = {k: round(statistics.median(v), 2) for k, v in times.items()}
+
+    b = 256
+    z = (torch.randn(b, args.dim, generator=g) * 3).requires_grad_(True)
+    wt = w.clone().requires_grad_(True)
+    fut = torch.randint(1, args.items, (b, 3), generator=g)
+    flen = torch.randint(1, 4, (b,), generator=g)
+    fast = sl._LINEAR
+
+    def ce(use_onednn: bool) -> None:
+        sl._LINEAR = fast if use_onednn else None
+        try:
+            soft_label_loss_from_reprs(z, wt, fut, flen, 0.2).backward()
+        finally:
+            sl._LINEAR = fast
+
+    times = {"mkl_matmul": [], "score_items": []}
+    for i in range(args.reps):
+        order = [("mkl_matmul", False), ("score_items", True)]
+        for k, flag in (order if i % 2 == 0 else list(reversed(order))):
+            times[k].append(timed(lambda: ce(flag)))
+    res["ms_median"]["soft_label_ce_fwd_bwd_B256"] = {k: round(statistics.median(v), 2) for k, v in times.items()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
