@@ -6,7 +6,8 @@
 Times the product of B representations (d = 64) with the whole item table (Beauty's
 12,102 rows) for B = 256 (a training batch) and 1024 (an evaluation batch), and the whole
 soft-label cross-entropy (forward + backward) with each product; the two arms alternate
-rep by rep. Also prints the CPU vendor: MKL's slow path is an AMD one. Writes
+rep by rep. Also times tanh(s / tau) on a 512 x 512 contrast block: ``torch.tanh`` against
+the ``tanh_scaled`` form the shaped denominators use. Also prints the CPU vendor: MKL's slow path is an AMD one. Writes
 bench/results/score.json.
 """
 
@@ -80,6 +81,15 @@ def main() -> int:
         for k, flag in (order if i % 2 == 0 else list(reversed(order))):
             times[k].append(timed(lambda: ce(flag)))
     res["ms_median"]["soft_label_ce_fwd_bwd_B256"] = {k: round(statistics.median(v), 2) for k, v in times.items()}
+    from fenrec_dist.losses.shaping import tanh_scaled
+
+    sims = torch.randn(512, 512, generator=g) * 20  # a contrast block: 2B x 2B similarities
+    arms = {"torch_tanh": lambda: torch.div(sims, 8.0).tanh_(), "tanh_scaled": lambda: tanh_scaled(sims, 8.0)}
+    times = {k: [] for k in arms}
+    for i in range(args.reps * 10):
+        for k in (list(arms) if i % 2 == 0 else list(reversed(arms))):
+            times[k].append(timed(arms[k]))
+    res["ms_median"]["tanh_512x512"] = {k: round(statistics.median(v), 3) for k, v in times.items()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))

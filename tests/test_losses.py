@@ -343,3 +343,14 @@ def test_score_items_equals_the_plain_product_on_every_path():
     assert torch.allclose(zg.grad, w.sum(0).expand(37, 16), atol=1e-4)
     if sl._LINEAR is not None:  # the oneDNN path is the one taken here, not the fallback
         assert torch.allclose(sl._LINEAR(z, w, None, "none", [], ""), want, rtol=1e-5, atol=1e-5)
+
+
+def test_tanh_scaled_matches_tanh():
+    from fenrec_dist.losses.shaping import tanh_scaled
+
+    s = torch.linspace(-400, 400, 20001)  # saturated ends included
+    for tau in (8.0, 10.0, 1.0):
+        got = tanh_scaled(s, tau)
+        assert torch.allclose(got, torch.tanh(s / tau), rtol=0, atol=3e-7)
+        assert got.abs().max() <= 1.0
+    assert torch.allclose(tanh_scaled(s.double(), 8.0), torch.tanh(s.double() / 8.0), rtol=0, atol=1e-15)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fenrec_dist.losses.shaping import Shaping
+from fenrec_dist.losses.shaping import Shaping, tanh_scaled
 
 
 @dataclass
@@ -90,7 +90,7 @@ class _DenominatorLSE(torch.autograd.Function):
         exps, tanhs = [], []
         for s, (w, mask) in zip(logits, spec):
             if on:
-                t = torch.div(s, shaping.tau).tanh_()
+                t = tanh_scaled(s, shaping.tau)
                 l = t.add(shaping.margin).mul_(s)  # s * (tanh(s / tau) + m)
             else:
                 t = None

@@ -7,12 +7,11 @@ contrastive loss; the result is detached and used as extra negatives (weight 1).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
-if TYPE_CHECKING:
-    from fenrec_dist.losses.shaping import Shaping
+from fenrec_dist.losses.shaping import Shaping, tanh_scaled
 
 
 def nudge_noise(
@@ -54,7 +53,7 @@ def nudge_noise_contrast(
     z: torch.Tensor,
     fixed: torch.Tensor,
     pos: torch.Tensor,
-    shaping: "Shaping",
+    shaping: Shaping,
     temperature: float,
     steps: int,
     step_size: float,
@@ -87,7 +86,7 @@ def nudge_noise_contrast(
         if temperature != 1.0:
             s.div_(temperature)
         if shaping.enabled:
-            t = torch.div(s, shaping.tau).tanh_()
+            t = tanh_scaled(s, shaping.tau)
             q = torch.add(t, shaping.margin).mul_(s)  # f(s)
         else:
             t = None

@@ -46,10 +46,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str) -
     trial_id = ray.tune.get_context().get_trial_id()
     run = prepare_run(cfg, Path(sweep_dir) / "trials" / trial_id)
     data_ctx = ray.data.DataContext.get_current()  # copied into the trial's dataset when it is created
-    data_ctx.enable_progress_bars = False  # concurrent trials' bars garble the log
-    # Ray 2.60's Parquet datasource V2 (ListFiles -> ReadFiles) took 19 s to read the tiny test
-    # shards on 2 cores, the V1 reader 1-6 s (same rows; the worker sorts them by sample_id).
-    data_ctx.use_datasource_v2 = False
+    data_ctx.enable_progress_bars = False  # concurrent trials' bars garble the log (build_trainer picks the reader)
     trainer, run = build_trainer(cfg, run, extra_callbacks=[make_report_callback()])
     result = trainer.fit()
     finish_run(result, run, cfg)
