@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _result import write_result  # noqa: E402  (bench/ is the script's own folder)
+
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -94,10 +96,7 @@ def main() -> int:
         "trim_every": cfg.train.trim_every, "valid_after_1_epoch": rec["valid"], "loss": rec["loss"],
         "reference_here_s": {"train": 314, "cluster": "26-30", "eval": 7, "epoch": 350, "peak_rss_gib": 5.3},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
-    return 0
+    return write_result(args.out, out)
 
 
 if __name__ == "__main__":

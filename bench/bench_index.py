@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _result import write_result  # noqa: E402  (bench/ is the script's own folder)
+
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -102,9 +104,7 @@ def main() -> int:
             }
             print(kind, json.dumps(out["kinds"][kind]), flush=True)
     print("INDEX " + json.dumps(out))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    return 0
+    return write_result(args.out, out, echo=False)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _result import write_result  # noqa: E402  (bench/ is the script's own folder)
+
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -105,9 +107,7 @@ def main() -> int:
             arm["index_summary_last"] = json.loads((d / "negatives" / "summary.jsonl").read_text().splitlines()[-1])
         out["arms"][name] = arm
         print(name, json.dumps({k: arm[k] for k in ("best_epoch", "test", "epoch_s", "index_s")}))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    return 0
+    return write_result(args.out, out, echo=False)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Writes bench/results/ingest.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _result import write_result  # noqa: E402  (bench/ is the script's own folder)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -59,10 +60,7 @@ def main() -> int:
     res = {"command": " ".join(sys.argv), "files": len(files), "rows": rows, "ray_init_s": round(ray_up, 1),
            "seconds_median": {k: round(statistics.median(v), 2) for k, v in times.items()},
            "seconds_all": {k: [round(x, 2) for x in v] for k, v in times.items()}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res, indent=2))
-    return 0
+    return write_result(args.out, res)
 
 
 if __name__ == "__main__":

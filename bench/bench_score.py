@@ -14,7 +14,6 @@ bench/results/score.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _result import write_result  # noqa: E402  (bench/ is the script's own folder)
 
 
 def main() -> int:
@@ -90,10 +91,7 @@ def main() -> int:
         for k in (list(arms) if i % 2 == 0 else list(reversed(arms))):
             times[k].append(timed(arms[k]))
     res["ms_median"]["tanh_512x512"] = {k: round(statistics.median(v), 3) for k, v in times.items()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res, indent=2))
-    return 0
+    return write_result(args.out, res)
 
 
 if __name__ == "__main__":

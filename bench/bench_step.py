@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import re
 import statistics
 import subprocess
@@ -29,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _result import write_result  # noqa: E402  (bench/ is the script's own folder)
 
 BASELINE = "e5ddba1"  # the last commit before the step speed-ups
 
@@ -141,10 +142,7 @@ def main() -> int:
         "mean_input_len": float(np.mean([new.data.train.input_len[batches[i % len(batches)]].max()
                                           for i in range(args.warm, args.warm + args.steps)])),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res, indent=2))
-    return 0
+    return write_result(args.out, res)
 
 
 if __name__ == "__main__":

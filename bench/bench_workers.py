@@ -12,7 +12,6 @@ shard, DeepSpeed engine init) and the whole wall time. Writes bench/results/work
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _result import write_result  # noqa: E402  (bench/ is the script's own folder)
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".venv" / "torch_extensions"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -67,10 +68,7 @@ def main() -> int:
     speed = [r["epochs"][0]["samples_per_s"] for r in results]
     summary = {"command": " ".join(sys.argv), "runs": results,
                "warmup_epoch_speedup_2_vs_1": round(speed[1] / speed[0], 2)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
-    return 0
+    return write_result(args.out, summary)
 
 
 if __name__ == "__main__":
