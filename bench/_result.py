@@ -19,6 +19,7 @@ def write_result(out: str | Path, result: dict[str, Any], echo: bool = True) -> 
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
