@@ -137,7 +137,9 @@ def build_trainer(cfg: Config, run_dir: RunPaths | str | Path | None = None, *,
     # Ray 2.60's Parquet datasource V2 (ListFiles -> ReadFiles) took 8-17 s to read Beauty's shards
     # on 2 cores, the V1 reader 1.2-3.8 s (same rows; the worker sorts them by
     # sample_id): bench/bench_ingest.py. The setting is copied into the dataset at creation.
-    ray.data.DataContext.get_current().use_datasource_v2 = False
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.use_datasource_v2 = False
+    data_ctx.enable_progress_bars = False  # a one-off read per worker; its bars flood non-TTY logs
     ds = ray.data.read_parquet(train_files(cfg.data.path))
     scaling = ScalingConfig(num_workers=cfg.distributed.num_workers, use_gpu=cfg.distributed.use_gpu,
                             resources_per_worker={"CPU": cfg.distributed.cpus_per_worker})

@@ -36,7 +36,6 @@ def make_report_callback() -> Any:
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str) -> None:
     """Tune entry point. ``config``: {"params": {dotted key: sampled value}}."""
-    import ray.data
     import ray.tune
 
     from fenrec_dist.distributed.driver import build_trainer, finish_run, prepare_run
@@ -45,8 +44,6 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str) -
     cfg = trial_config(base, dict(config["params"]))
     trial_id = ray.tune.get_context().get_trial_id()
     run = prepare_run(cfg, Path(sweep_dir) / "trials" / trial_id)
-    data_ctx = ray.data.DataContext.get_current()  # copied into the trial's dataset when it is created
-    data_ctx.enable_progress_bars = False  # concurrent trials' bars garble the log (build_trainer picks the reader)
     trainer, run = build_trainer(cfg, run, extra_callbacks=[make_report_callback()])
     result = trainer.fit()
     finish_run(result, run, cfg)
