@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from fenrec_dist.config import ConfigError, describe, dump_yaml, load_config
 
@@ -54,6 +57,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's preemption) stops a run as Ctrl-C does (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from fenrec_dist.train.single import load_run_config
 
@@ -72,7 +92,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.local:
         from fenrec_dist.train.single import train_single
 
-        final = train_single(cfg, run_dir, resume=bool(args.resume))
+        try:
+            with _sigterm_as_interrupt():
+                final = train_single(cfg, run_dir, resume=bool(args.resume))
+        except KeyboardInterrupt:
+            print(f"interrupted: {run_dir} keeps every finished epoch (checkpoints/last.pt, metrics.jsonl). "
+                  f"Continue with: fenrec train --resume {run_dir} --local; test the best so far with: "
+                  f"fenrec evaluate {run_dir}", file=sys.stderr)
+            return 130
     else:
         from fenrec_dist.distributed.driver import run_distributed
 

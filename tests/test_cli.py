@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -32,3 +33,39 @@ def test_ray_job_config_error_exits_2():
                           "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "ray_job: config error: model.encoder" in out.stderr
+
+
+def test_sigterm_stops_a_local_run_resumably(tiny_data, tmp_path):
+    """`kill` (SIGTERM) mid-run: exit 130 with the resume command, finished epochs kept;
+    --resume then completes the run."""
+    import signal
+    import time
+
+    from conftest import tiny_overrides
+
+    run = tmp_path / "run"
+    sets = [a for kv in tiny_overrides(tiny_data, train__epochs=40) for a in ("--set", kv)]
+    cmd = [sys.executable, "-m", "fenrec_dist.cli", "train", "--local", "--out", str(run), *sets]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"fenrec train --resume {run} --local" in err and "Traceback" not in err
+    done = len(metrics.read_text().splitlines())
+    assert 2 <= done < 40 and (run / "checkpoints" / "last.pt").exists() and not (run / "final.json").exists()
+    # continue it, now for only a few more epochs (the saved config says 40: cut it with the time limit)
+    cfg_text = (run / "config.yaml").read_text().replace("time_limit_min: 0.0", "time_limit_min: 1.0e-06")
+    (run / "config.yaml").write_text(cfg_text)
+    res = subprocess.run([sys.executable, "-m", "fenrec_dist.cli", "train", "--resume", str(run), "--local"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    recs = [json.loads(l) for l in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == list(range(done + 1))  # one more epoch, none lost or repeated
+    assert (run / "final.json").exists()
