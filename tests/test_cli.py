@@ -69,3 +69,16 @@ def test_sigterm_stops_a_local_run_resumably(tiny_data, tmp_path):
     recs = [json.loads(l) for l in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in recs] == list(range(done + 1))  # one more epoch, none lost or repeated
     assert (run / "final.json").exists()
+
+
+def test_worker_setup_quiets_the_noisy_library_loggers():
+    import logging
+
+    import ray.train.v2._internal.execution.context as ctx
+
+    from fenrec_dist.distributed.worker_setup import quiet_worker_logs
+
+    quiet_worker_logs()
+    assert logging.getLogger("faiss.loader").getEffectiveLevel() == logging.WARNING
+    assert logging.getLogger(ctx.__file__) is ctx.logger  # the logger Ray Train reports through
+    assert ctx.logger.level == logging.WARNING

@@ -45,7 +45,8 @@ def init_ray(cfg: Config, address: str | None = None, num_cpus: int | None = Non
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": worker_env()}
+    runtime_env = {"env_vars": worker_env(),
+                   "worker_process_setup_hook": "fenrec_dist.distributed.worker_setup.quiet_worker_logs"}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:

@@ -1,0 +1,30 @@
+"""Per-process set-up of every Ray worker of a fenrec job (``worker_process_setup_hook``).
+
+Ray imports this module by path in each worker process before any task or actor code
+runs, so it keeps to the standard library and never raises: a hook that fails stops the
+worker from starting.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+# Library loggers that print routine INFO lines in Ray workers (whose root logger is at INFO):
+# faiss's loader tries the AVX2 build first and logs the fallback; Ray Train 2.60 logs every
+# ray.train.report call under a logger named by its file path, which LoggingConfig does not reach.
+QUIET_LOGGERS = ("faiss.loader",)
+QUIET_MODULE_FILE_LOGGERS = ("ray.train.v2._internal.execution.context",)
+
+
+def quiet_worker_logs() -> None:
+    """Raise the noisy library loggers above to WARNING (warnings and errors still show)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for module in QUIET_MODULE_FILE_LOGGERS:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None and spec.origin:
+            logging.getLogger(spec.origin).setLevel(logging.WARNING)
