@@ -80,5 +80,6 @@ def test_worker_setup_quiets_the_noisy_library_loggers():
 
     quiet_worker_logs()
     assert logging.getLogger("faiss.loader").getEffectiveLevel() == logging.WARNING
+    assert logging.getLogger("ray.data").level == logging.WARNING
     assert logging.getLogger(ctx.__file__) is ctx.logger  # the logger Ray Train reports through
     assert ctx.logger.level == logging.WARNING

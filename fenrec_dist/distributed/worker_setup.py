@@ -11,9 +11,10 @@ import importlib.util
 import logging
 
 # Library loggers that print routine INFO lines in Ray workers (whose root logger is at INFO):
-# faiss's loader tries the AVX2 build first and logs the fallback; Ray Train 2.60 logs every
-# ray.train.report call under a logger named by its file path, which LoggingConfig does not reach.
-QUIET_LOGGERS = ("faiss.loader",)
+# faiss's loader tries the AVX2 build first and logs the fallback; Ray Data logs the plan of
+# each worker's one-off shard read; Ray Train 2.60 logs every ray.train.report call under a
+# logger named by its file path, which LoggingConfig does not reach.
+QUIET_LOGGERS = ("faiss.loader", "ray.data")
 QUIET_MODULE_FILE_LOGGERS = ("ray.train.v2._internal.execution.context",)
 
 
