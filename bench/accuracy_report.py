@@ -2,11 +2,13 @@
 """Validation curve of a (possibly still running) training run: table + PNG.
 
     .venv/bin/python bench/accuracy_report.py runs/beauty-ref [--png bench/results/beauty_valid_ndcg20.png]
+        [--compare runs/beauty-nosoft-from30 --since 31]
 
 Reads RUN_DIR/metrics.jsonl and prints a markdown table of validation HR@20 / NDCG@20 /
 MRR per epoch (with the phase: warm-up or hard/noise negatives) and the best epoch so
 far; draws validation NDCG@20 per epoch as a PNG. If final.json exists, prints the test
-metrics of the best checkpoint.
+metrics of the best checkpoint. ``--compare`` puts a second run (an ablation branched off
+the same checkpoint) beside it on the shared epochs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ def main() -> int:
     ap.add_argument("run_dir")
     ap.add_argument("--png", default=None)
     ap.add_argument("--metric", default="NDCG@20")
+    ap.add_argument("--compare", metavar="RUN_DIR2", default=None,
+                    help="a second run (an ablation): its validation metric side by side on the shared epochs, "
+                         "drawn in the PNG too")
+    ap.add_argument("--since", type=int, default=0,
+                    help="with --compare: compare epochs from this one on (e.g. where an ablation branched off)")
     args = ap.parse_args()
     run = Path(args.run_dir)
     recs = read_metrics(run)
@@ -45,6 +52,23 @@ def main() -> int:
     final = run / "final.json"
     if final.exists():
         print("test of best checkpoint: " + json.dumps(json.loads(final.read_text())["test"]))
+    other = read_metrics(Path(args.compare)) if args.compare else []
+    if other:
+        mine = {r["epoch"]: r["valid"][args.metric] for r in recs}
+        theirs = {r["epoch"]: r["valid"][args.metric] for r in other}
+        shared = sorted(e for e in set(mine) & set(theirs) if e >= args.since)
+        print(f"\n| epoch | {run.name} | {Path(args.compare).name} |\n|---|---|---|")
+        for e in shared:
+            print(f"| {e} | {mine[e]:.4f} | {theirs[e]:.4f} |")
+        if shared:
+            last = shared[-1]
+            print(f"\nshared epochs {shared[0]}-{last}: best valid {args.metric} {max(mine[e] for e in shared):.4f} "
+                  f"vs {max(theirs[e] for e in shared):.4f}; mean {sum(mine[e] for e in shared) / len(shared):.4f} "
+                  f"vs {sum(theirs[e] for e in shared) / len(shared):.4f}")
+        other_final = Path(args.compare) / "final.json"
+        if other_final.exists():
+            print(f"test of {Path(args.compare).name}'s best checkpoint: "
+                  + json.dumps(json.loads(other_final.read_text())["test"]))
     if args.png:
         import matplotlib
 
@@ -54,6 +78,9 @@ def main() -> int:
         fig, ax = plt.subplots(figsize=(7, 4))
         ep = [r["epoch"] for r in recs]
         ax.plot(ep, [r["valid"][args.metric] for r in recs], marker=".", label=f"valid {args.metric}")
+        if other:
+            ax.plot([r["epoch"] for r in other], [r["valid"][args.metric] for r in other], marker=".",
+                    label=f"valid {args.metric}, {Path(args.compare).name}")
         warm = [r["epoch"] for r in recs if r["phase"] == "warmup"]
         if warm and len(warm) < len(recs):
             ax.axvline(max(warm) + 0.5, color="gray", linestyle=":", label="hard/noise negatives on")
