@@ -7,7 +7,8 @@ Prepares Beauty into a temp dir, then runs one epoch of the single-process path 
 ``negatives.warmup_epochs=0`` (so the epoch takes the post-warm-up path), including the
 intent clustering pass and validation, and reports each phase, samples/s and the peak RSS
 of the whole process, also per phase (a thread samples the resident size every 50 ms and
-the phase functions are wrapped to label the samples). Writes bench/results/epoch.json.
+the phase functions are wrapped to label the samples: setup = loading before the first
+phase, between = the time after each phase until the next). Writes bench/results/epoch.json.
 """
 
 from __future__ import annotations
@@ -52,11 +53,11 @@ def main() -> int:
 
     def label(name: str, fn):  # type: ignore[no-untyped-def]
         def wrapped(*a, **k):  # type: ignore[no-untyped-def]
-            prev, phase[0] = phase[0], name
+            phase[0] = name
             try:
                 return fn(*a, **k)
             finally:
-                phase[0] = prev
+                phase[0] = "between"  # checkpoint saving, batching, logging after a phase
         return wrapped
 
     single.epoch_representations = label("cluster", single.epoch_representations)
