@@ -205,14 +205,14 @@ def test_noise_nudge_with_written_out_gradient_equals_autograd(shaped, temperatu
         return (torch.logaddexp(fixed, noise_lse) - pos).mean()
 
     want = nudge_noise(noise, loss_fn, steps=4, step_size=0.3)
-    got = nudge_noise_contrast(noise, z, fixed, pos, shaping, temperature, steps=4, step_size=0.3)
+    got = nudge_noise_contrast(noise, z, fixed, shaping, temperature, steps=4, step_size=0.3)
     assert not got.requires_grad
     assert torch.allclose(got, want, rtol=0, atol=1e-12)
     assert loss_fn(got) > loss_fn(noise)  # it ascends
     # one step, by hand: each vector moves step_size along its normalised gradient
     x = noise.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(loss_fn(x), x)
-    one = nudge_noise_contrast(noise, z, fixed, pos, shaping, temperature, steps=1, step_size=0.3)
+    one = nudge_noise_contrast(noise, z, fixed, shaping, temperature, steps=1, step_size=0.3)
     assert torch.allclose(one, noise + 0.3 * grad / grad.norm(dim=1, keepdim=True), atol=1e-12)
 
 

@@ -370,3 +370,12 @@ def test_interrupted_sweep_resumes(tiny_data, tmp_path):
     assert (sweep / "best.yaml").exists() and (sweep / "params.png").exists()
     # at least one trial's Train run picked up from its checkpoint
     assert "[fenrec] resumed after epoch" in done.stdout + done.stderr
+
+
+def test_prune_with_an_unreadable_snapshot_deletes_nothing(tmp_path):
+    names = [f"checkpoint_2026-11-27_10-00-0{i}.000000" for i in range(3)]
+    for n in names:
+        (tmp_path / n).mkdir()
+    (tmp_path / TRAIN_SNAPSHOT).write_text('{"checkpoint_results": [')  # cut short
+    assert prune_unregistered_checkpoints(tmp_path, keep=1) == []
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == names

@@ -52,7 +52,6 @@ def nudge_noise_contrast(
     noise: torch.Tensor,
     z: torch.Tensor,
     fixed: torch.Tensor,
-    pos: torch.Tensor,
     shaping: Shaping,
     temperature: float,
     steps: int,
@@ -72,13 +71,12 @@ def nudge_noise_contrast(
         noise: float [R, d] initial vectors.
         z: float [N, d] detached representations of the coarse batch.
         fixed: float [N] log of everything else in each row's denominator (positive included).
-        pos: float [N] shaped positive logits (only shifts the loss, kept for the docstring's form).
+            The positive logits only shift the loss, so they are not needed.
         shaping, temperature: as in the coarse loss.
 
     Returns:
         float [R, d], detached; equals ``nudge_noise`` with that loss (tests/test_losses.py).
     """
-    del pos  # a constant of the loss: no part of its gradient
     x = noise.detach()
     n = z.shape[0]
     for _ in range(steps):

@@ -105,8 +105,7 @@ class NoiseNegatives:
         # The ascent on loss(noise) = mean(logaddexp(fixed, lse(shape(z noise^T / T))) - pos), with
         # its gradient written out (equal to autograd's: tests/test_losses.py).
         noise = draw_noise(rows, coarse.z.shape[1], ctx.generator, coarse.z.device, coarse.z.dtype)
-        ctx.noise = nudge_noise_contrast(noise, det.z, fixed, pos, shaping, det.temperature, self.steps,
-                                         self.step_size)
+        ctx.noise = nudge_noise_contrast(noise, det.z, fixed, shaping, det.temperature, self.steps, self.step_size)
 
     def blocks(self, batch: ContrastBatch, ctx: StepContext) -> list[NegativeBlock]:
         if ctx.noise is None:

@@ -3,12 +3,12 @@
 PyTorch's CPU tensors come from glibc ``malloc``. A FENRec step allocates and frees
 hundreds of tensors of varying shapes (length chunks, 512 x 512 contrast blocks, the
 B x |items| logits), and glibc keeps the freed pages of its heap: the process's resident
-size climbs by about 0.5 GiB over the first hundred steps and the phases' peaks (the
-clustering pass, evaluation) stack on top of it. ``malloc_trim(0)`` returns every free
+size climbed by about 0.5 GiB over the first hundred steps (observed on Beauty) and the
+phases' peaks (the clustering pass, evaluation) stacked on top of it. ``malloc_trim(0)`` returns every free
 page (also those in the middle of the heap, through ``madvise``) without moving live
 memory. It is called at phase boundaries and every ``train.trim_every`` steps; trimming
-every step would cost about 40% of the step (the pages are faulted back in), every 100
-steps costs under 1%.
+every step cost about 40% of the step here (the pages are faulted back in); every 100
+steps cost nothing that step timings on this machine could separate from their noise.
 
 On a platform without glibc (macOS, musl) this is a no-op.
 """

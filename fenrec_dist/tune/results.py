@@ -32,12 +32,16 @@ def prune_unregistered_checkpoints(trial_dir: Path, keep: int) -> list[str]:
     the controller dies with reports still queued, so their uploaded checkpoints stay on
     storage, unpruned (seen: 3 dirs where 1 is kept). Kept: the dirs named in the trial's
     ``checkpoint_manager_snapshot.json``; without one (nothing was registered), the newest
-    ``keep`` by name (Ray names them by time). Returns the names deleted, oldest first.
+    ``keep`` by name (Ray names them by time); with an unreadable one, all. Returns the names
+    deleted, oldest first.
     """
     dirs = sorted(p.name for p in Path(trial_dir).glob("checkpoint_*") if p.is_dir())
     snap = Path(trial_dir) / TRAIN_SNAPSHOT
     if snap.exists():
-        state = json.loads(snap.read_text())
+        try:
+            state = json.loads(snap.read_text())
+        except (OSError, json.JSONDecodeError):
+            return []  # unreadable record: keep everything rather than guess
         results = [*state.get("checkpoint_results", []), *state.get("pending_training_results", []),
                    state.get("latest_checkpoint_result") or {}]
         kept = {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
