@@ -354,3 +354,56 @@ def test_tanh_scaled_matches_tanh():
         assert torch.allclose(got, torch.tanh(s / tau), rtol=0, atol=3e-7)
         assert got.abs().max() <= 1.0
     assert torch.allclose(tanh_scaled(s.double(), 8.0), torch.tanh(s.double() / 8.0), rtol=0, atol=1e-15)
+
+
+class _SplitComm:
+    """Rank ``rank`` of a pretend 2-process group whose other rows are the given constants."""
+
+    world_size = 2
+
+    def __init__(self, rank: int, b: int, fulls: list[torch.Tensor]) -> None:
+        self.rank, self.b, self.fulls = rank, b, list(fulls)
+
+    def gather(self, *xs: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+        off = self.rank * self.b
+        return [torch.cat([full[:off], x, full[off + len(x):]]) for full, x in zip(self.fulls, xs)], off
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+def test_row_split_contrast_shares_add_up_to_the_global_loss(monkeypatch):
+    """Each process computes its own rows of the [2B, 2B] blocks (sims [B, 2B] here, half the
+    work), and the two processes' contrastive shares add up to the one-process value."""
+    import fenrec_dist.losses.fenrec as fenrec_mod
+
+    torch.manual_seed(5)
+    b, d = 4, 6
+    z1, z2 = torch.randn(2 * b, d) * 2, torch.randn(2 * b, d) * 2
+    emb = torch.randn(11, d)
+    target = torch.tensor([1, 2, 1, 3, 4, 5, 2, 6])
+    future, flen = target[:, None], torch.ones(2 * b, dtype=torch.long)
+    intents = IntentClusters.fit(torch.randn(64, d).numpy(), 3, seed=0)
+    neg_cfg = NegativesConfig(warmup_epochs=0, sources=["in_batch", "hard"], hard_weight=0.3, lam_min=0.2, lam_max=0.6)
+    lc = LossConfig(lambda_coarse=0.7, beta_fine=0.2)
+    shapes = []
+    real = fenrec_mod.make_contrast_batch
+
+    def spy(*a, **k):  # type: ignore[no-untyped-def]
+        cb = real(*a, **k)
+        shapes.append(tuple(cb.sims.shape))
+        return cb
+
+    monkeypatch.setattr(fenrec_mod, "make_contrast_batch", spy)
+    single = FENRecLoss(lc, neg_cfg)(z1, z2, emb, target, future, flen, 0, intents, torch.Generator().manual_seed(9))
+    assert shapes == [(2 * b * 2, 2 * b * 2)] * 3  # coarse + two fine terms, all rows
+    shares = 0.0
+    for rank in (0, 1):
+        shapes.clear()
+        sl = slice(rank * b, (rank + 1) * b)
+        comm = _SplitComm(rank, b, [torch.cat([z1, z2], 1), target])
+        parts = FENRecLoss(lc, neg_cfg, comm=comm)(z1[sl], z2[sl], emb, target[sl], future[sl], flen[sl], 0, intents,
+                                                   torch.Generator().manual_seed(9))
+        assert shapes == [(2 * b, 4 * b)] * 3  # this process's rows only, against every column
+        shares += float(parts.objective - parts.rec) / 2
+    assert shares == pytest.approx(0.7 * float(single.coarse) + 0.2 * float(single.fine), rel=1e-5)

@@ -46,6 +46,111 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def _as_words(x: torch.Tensor) -> torch.Tensor:
+    """int32 [b, C]: the bytes of a float32, int32 or int64 tensor [b, ...] as 32-bit words."""
+    x = x.detach().contiguous()
+    if x.dtype not in (torch.float32, torch.int32, torch.int64):
+        raise TypeError(f"gather: unsupported dtype {x.dtype} (float32, int32 or int64)")
+    return x.view(torch.int32).reshape(x.shape[0], -1) if x.dim() > 0 else x.view(torch.int32)
+
+
+def _from_words(w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_as_words`` for rows shaped like ``like``."""
+    return w.contiguous().view(like.dtype).reshape((w.shape[0],) + tuple(like.shape[1:]))
+
+
+def _gather_packed(xs: tuple[torch.Tensor, ...], max_rows: int) -> tuple[list[torch.Tensor], list[int]]:
+    """All-gather tensors with the same row count b_r in ONE collective: their words side by
+    side, padded to ``max_rows`` rows, plus a last row carrying b_r. Returns each tensor
+    gathered over ranks (rank order) and the row counts."""
+    b = xs[0].shape[0]
+    words = [_as_words(x) for x in xs]
+    widths = [w.shape[1] for w in words]
+    payload = torch.zeros(max_rows + 1, sum(widths), dtype=torch.int32, device=xs[0].device)
+    payload[:b] = torch.cat(words, dim=1)
+    payload[max_rows, 0] = b
+    bufs = [torch.empty_like(payload) for _ in range(dist.get_world_size())]
+    dist.all_gather(bufs, payload)
+    sizes = [int(buf[max_rows, 0]) for buf in bufs]
+    rows = torch.cat([buf[:n] for buf, n in zip(bufs, sizes)])
+    outs, col = [], 0
+    for x, width in zip(xs, widths):
+        outs.append(_from_words(rows[:, col : col + width], x))
+        col += width
+    return outs, sizes
+
+
+class _GatherSumGrad(torch.autograd.Function):
+    """All-gather of several row-aligned tensors (one collective) whose backward sums each
+    float input's gradient over ranks (one all_reduce) and returns this rank's rows."""
+
+    @staticmethod
+    def forward(ctx, max_rows, rank, info, *xs):  # type: ignore[no-untyped-def]
+        outs, sizes = _gather_packed(xs, max_rows)
+        ctx.sizes, ctx.rank = sizes, rank
+        info["sizes"] = sizes
+        ctx.mark_non_differentiable(*[o for o in outs if not o.is_floating_point()])
+        return tuple(outs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):  # type: ignore[no-untyped-def]
+        start = sum(ctx.sizes[: ctx.rank])
+        stop = start + ctx.sizes[ctx.rank]
+        float_grads = [g for g in grads if g is not None and g.is_floating_point()]
+        if not float_grads:
+            return (None, None, None) + (None,) * len(grads)
+        flat = torch.cat([g.reshape(g.shape[0], -1) for g in float_grads], dim=1).contiguous()
+        dist.all_reduce(flat)  # every rank's loss reaches every row: sum, then keep ours
+        out, col = [], 0
+        for g in grads:
+            if g is None or not g.is_floating_point():
+                out.append(None)
+                continue
+            width = g[0].numel()
+            out.append(flat[start:stop, col : col + width].reshape((stop - start,) + tuple(g.shape[1:])))
+            col += width
+        return (None, None, None) + tuple(out)
+
+
+class ProcessGroupComm:
+    """``losses.fenrec.BatchComm`` over the default torch.distributed process group.
+
+    ``gather`` concatenates every rank's rows in rank order, in one collective for all the
+    tensors it is given; the gradients that every rank's loss sends into the gathered rows are
+    summed back to the rank that owns them (the backward of an all_gather is an all_reduce of
+    the gradient, sliced). Every rank must call ``gather``/``sum`` in the same order, as the
+    loss does.
+
+    Args:
+        max_rows: an upper bound on any rank's row count (the per-worker batch size), so the
+            row counts travel inside the gathered payload instead of in a collective of their own.
+    """
+
+    def __init__(self, max_rows: int) -> None:
+        self.rank, self.world_size = world()
+        self.max_rows = max_rows
+
+    def gather(self, *xs: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+        b = xs[0].shape[0]
+        if any(x.shape[0] != b for x in xs):
+            raise ValueError(f"gather: row counts differ: {[x.shape[0] for x in xs]}")
+        if b > self.max_rows:
+            raise ValueError(f"gather: {b} rows exceed max_rows={self.max_rows} (the per-worker batch size)")
+        if self.world_size == 1:
+            return list(xs), 0
+        info: dict[str, list[int]] = {}
+        outs = _GatherSumGrad.apply(self.max_rows, self.rank, info, *xs)
+        return list(outs), sum(info["sizes"][: self.rank])
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return t
+        out = t.detach().clone()
+        dist.all_reduce(out)
+        return out
+
+
 def all_reduce_sums(sums: dict[str, float], device: torch.device) -> dict[str, float]:
     """Sum a dict of floats over ranks (keys must match on every rank)."""
     if not is_dist():

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fenrec_dist.config import LossConfig, ModelConfig, NegativesConfig
-from fenrec_dist.distributed.collectives import gather_with_grad
+from fenrec_dist.distributed.collectives import ProcessGroupComm
 from fenrec_dist.intents import IntentClusters
 from fenrec_dist.losses.fenrec import FENRecLoss
 from fenrec_dist.model import build_encoder
@@ -62,12 +62,11 @@ def _model():  # type: ignore[no-untyped-def]
     return build_encoder(ModelConfig(hidden=HIDDEN, heads=2, dropout=0.0, attn_dropout=0.0), ITEMS, MAX_LEN)
 
 
-def _loss(world: int, gather=None, index: bool = False) -> FENRecLoss:  # type: ignore[no-untyped-def]
+def _loss(world: int, comm=None, index: bool = False) -> FENRecLoss:  # type: ignore[no-untyped-def]
     sources = ["in_batch", "hard", "noise"] + (["index"] if index else [])
     neg = NegativesConfig(warmup_epochs=0, sources=sources, lam_min=0.3, lam_max=0.5, noise_ratio=1.0,
                           index_weight=0.5)
-    kw = {"gather": gather} if gather else {}
-    return FENRecLoss(LossConfig(lambda_coarse=0.3, beta_fine=0.1), neg, world_size=world, **kw)
+    return FENRecLoss(LossConfig(lambda_coarse=0.3, beta_fine=0.1), neg, comm=comm)
 
 
 def _step(model, loss_fn, ids_a, ids_p, target, future, flen, intents, index=None):  # type: ignore[no-untyped-def]
@@ -101,7 +100,7 @@ def _worker(rank: int, world: int, port: int, global_batch: int, out: str, index
             aid, pid, ei = _index_problem(global_batch)
             idx = (aid[sl], pid[sl], ei)
         model = _model()
-        parts, _ = _step(model, _loss(world, gather_with_grad, index), ids[:global_batch][sl], ids[global_batch:][sl],
+        parts, _ = _step(model, _loss(world, ProcessGroupComm(max_rows=b), index), ids[:global_batch][sl], ids[global_batch:][sl],
                          target[sl], future[sl], flen[sl], intents, idx)
         grads = {}
         for n, p in model.named_parameters():  # what DDP / DeepSpeed do: average over ranks

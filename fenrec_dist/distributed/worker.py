@@ -167,6 +167,9 @@ class _TorchDDP:
         self.step = torch_step(model, self.optimizer, cfg.train.grad_clip)
 
 
+BATCH_ORDER_STREAM = 1 << 20  # epoch_rng stream of the batch order, shared by the ranks (see epoch_batches)
+
+
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"cfg": Config as a dict}."""
     import ray.train
@@ -225,7 +228,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             print(f"[fenrec] resumed after epoch {start_epoch - 1} (best {cfg.eval.metric}={stopper.best:.4f}"
                   f"@{stopper.best_epoch})", flush=True)
 
-    loss_fn = FENRecLoss(cfg.loss, cfg.negatives, gather=C.gather_with_grad, world_size=size)
+    loss_fn = FENRecLoss(cfg.loss, cfg.negatives, comm=C.ProcessGroupComm(max_rows=cfg.train.batch_size))
     partners = PartnerIndex.build(data.train.target, data.num_items)
 
     def report(metrics: dict[str, Any], next_epoch: int) -> None:
@@ -267,7 +270,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             index = refresher.refresh(epoch, reprs, device, intents)
             t_index = time.perf_counter() - t0
         batches = epoch_batches(local.input_len, cfg.train.batch_size, epoch_rng(cfg.train.seed, epoch, rank),
-                                cfg.train.length_grouping, cfg.train.length_bucket_batches)
+                                cfg.train.length_grouping, cfg.train.length_bucket_batches,
+                                order_rng=epoch_rng(cfg.train.seed, epoch, BATCH_ORDER_STREAM))  # alike on all ranks
         batches = batches[: C.all_reduce_min(len(batches), device)]  # collectives need equal step counts
         hook = fault_injector(epoch, rank)
         epoch_step = step if hook is None else _before(hook, step)

@@ -8,13 +8,13 @@ join and similarity shaping is applied.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from fenrec_dist.config import LossConfig, NegativesConfig
 from fenrec_dist.intents import IntentClusters
-from fenrec_dist.losses.intent_contrast import contrast_loss, make_contrast_batch
+from fenrec_dist.losses.intent_contrast import contrast_loss, local_rows, make_contrast_batch
 from fenrec_dist.losses.shaping import Shaping
 from fenrec_dist.losses.soft_labels import soft_label_loss_from_reprs
 from fenrec_dist.negatives.samplers import NoiseNegatives, StepContext, build_samplers
@@ -22,18 +22,31 @@ from fenrec_dist.negatives.samplers import NoiseNegatives, StepContext, build_sa
 if TYPE_CHECKING:
     from fenrec_dist.negatives.refresh import EpochIndex
 
-Gather = Callable[[torch.Tensor], torch.Tensor]
+class BatchComm(Protocol):
+    """How a data-parallel process sees the global batch (``distributed.collectives.ProcessGroupComm``).
 
+    world_size: W processes.
+    gather(*xs): (each of the row-aligned tensors ``xs`` [b_r, ...] concatenated over processes
+        in rank order [sum b_r, ...], the offset of this process's rows in them). The gradient
+        that reaches a result from every process's loss is summed back into each process's
+        own rows.
+    sum(t): ``t`` summed over the processes (no gradient).
+    """
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
+    world_size: int
+
+    def gather(self, *xs: torch.Tensor) -> tuple[list[torch.Tensor], int]: ...
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
 class LossParts:
     """The loss terms of a batch; ``objective`` is what to back-propagate (equal to
-    ``total`` in one process; with gathered negatives the contrastive part is scaled by
-    the world size so that averaged gradients equal the one-process gradient)."""
+    ``total`` in one process). With W data-parallel processes, ``coarse`` and ``fine`` are the
+    global batch's values (summed over processes, detached), ``rec`` this process's, and
+    ``objective`` is rec + W x (this process's share of the contrastive terms): averaged over
+    processes, its gradients equal the one-process gradient on the global batch."""
 
     total: torch.Tensor
     rec: torch.Tensor
@@ -52,19 +65,19 @@ class FENRecLoss:
     Args:
         loss_cfg: weights, gamma and temperature.
         neg_cfg: warm-up, negative sources and shaping.
-        gather: maps a local tensor [B, ...] to the global batch [W*B, ...] across
-            workers (identity in one process); gradients must flow to the local part.
-        world_size: W. Each rank computes the global contrastive loss but back-propagates
-            only into its own rows, and data-parallel training averages gradients over
-            ranks, so the contrastive part of ``objective`` is multiplied by W.
+        comm: the data-parallel process group's view of the batch, or None in one process.
+            Negatives are global: every process gathers the global batch's representations
+            and computes the contrastive loss of its own rows against all of them (the
+            [2B, 2B] blocks split by rows, so the work divides by W); gradients reach the
+            other processes' rows through ``comm.gather``. Data-parallel training averages
+            gradients over processes, so the contrastive part of ``objective`` is scaled by W.
     """
 
-    def __init__(self, loss_cfg: LossConfig, neg_cfg: NegativesConfig, gather: Gather = _identity,
-                 world_size: int = 1) -> None:
+    def __init__(self, loss_cfg: LossConfig, neg_cfg: NegativesConfig, comm: BatchComm | None = None) -> None:
         self.loss_cfg = loss_cfg
         self.neg_cfg = neg_cfg
-        self.gather = gather
-        self.world_size = world_size
+        self.comm = comm
+        self.world_size = 1 if comm is None else comm.world_size
 
     def after_warmup(self, epoch: int) -> bool:
         return epoch >= self.neg_cfg.warmup_epochs
@@ -109,18 +122,28 @@ class FENRecLoss:
         if cfg.lambda_coarse <= 0 and (cfg.beta_fine <= 0 or intents is None):
             return LossParts(rec, rec, zero, zero, rec)
 
-        g1, g2, gt = self.gather(z1), self.gather(z2), self.gather(target)
+        comm = self.comm
+        rows = None
+        if comm is None:
+            g1, g2, gt = z1, z2, target
+        else:
+            d = z1.shape[1]
+            extra = [anchor_ids, partner_ids] if anchor_ids is not None and partner_ids is not None else []
+            gathered, offset = comm.gather(torch.cat([z1, z2], dim=1), target, *extra)  # one collective
+            both, gt = gathered[0], gathered[1]
+            g1, g2 = both[:, :d], both[:, d:]
+            rows = local_rows(offset, z1.shape[0], g1.shape[0], z1.device)
         shaping = self.shaping(epoch)
         samplers = build_samplers(self.neg_cfg, self.after_warmup(epoch), index)
-        ctx = StepContext(generator=generator)
-        coarse_batch = make_contrast_batch(g1, g2, gt, cfg.temperature)
+        ctx = StepContext(generator=generator) if comm is None else StepContext(generator=generator, reduce=comm.sum)
+        coarse_batch = make_contrast_batch(g1, g2, gt, cfg.temperature, rows)
         use_index = any(s.name == "index" for s in samplers)
         keys1 = keys2 = None
         stats: dict[str, list[float]] = {}
         if use_index:
             if anchor_ids is None or partner_ids is None:
                 raise ValueError("index-mined negatives need anchor_ids and partner_ids")
-            keys1, keys2 = self.gather(anchor_ids), self.gather(partner_ids)
+            keys1, keys2 = (anchor_ids, partner_ids) if comm is None else (gathered[2], gathered[3])
             ctx.extras["row_keys"] = torch.cat([keys1, keys2])
             stats["cos_in_batch"] = [in_batch_cosine(coarse_batch)]
         noise = [s for s in samplers if isinstance(s, NoiseNegatives)]
@@ -139,7 +162,7 @@ class FENRecLoss:
         if cfg.beta_fine > 0 and intents is not None:
             for view, keys in ((g1, keys1), (g2, keys2)):
                 ids, cents = intents.assign(view)
-                fb = make_contrast_batch(view, cents, ids, cfg.temperature)
+                fb = make_contrast_batch(view, cents, ids, cfg.temperature, rows)
                 if use_index:
                     # both rows of a pair (the sample and its centroid) use the sample's negatives;
                     # mined negatives of the row's own intent are masked, as in-batch ones are
@@ -147,8 +170,12 @@ class FENRecLoss:
                     ctx.extras["row_groups"] = torch.cat([ids, ids])
                 fine = fine + contrast_loss(fb, blocks(fb), shaping)
         contrast = cfg.lambda_coarse * coarse + cfg.beta_fine * fine
-        total = rec + contrast
-        objective = total if self.world_size == 1 else rec + self.world_size * contrast
+        if comm is None:
+            total = objective = rec + contrast
+        else:  # coarse and fine are this process's shares: report the global values
+            objective = rec + self.world_size * contrast
+            coarse, fine = comm.sum(torch.stack([coarse.detach(), fine.detach()]))
+            total = rec.detach() + cfg.lambda_coarse * coarse + cfg.beta_fine * fine
         return LossParts(total, rec, coarse, fine, objective,
                          stats={k: sum(v) / len(v) for k, v in stats.items() if v})
 
@@ -157,6 +184,6 @@ class FENRecLoss:
 def in_batch_cosine(batch) -> float:  # type: ignore[no-untyped-def]
     """Mean cosine of every row to its valid in-batch negatives (a hardness diagnostic)."""
     zn = torch.nn.functional.normalize(batch.z.detach(), dim=1)
-    cos = zn @ zn.t()
+    cos = (zn if batch.rows is None else zn[batch.rows]) @ zn.t()
     ok = ~batch.mask
     return float(cos[ok].mean()) if bool(ok.any()) else float("nan")

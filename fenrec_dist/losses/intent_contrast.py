@@ -31,19 +31,23 @@ class NegativeBlock:
     mask: torch.Tensor | None = None
 
 
-def weighted_info_nce(pos: torch.Tensor, blocks: list[NegativeBlock], shaping: Shaping) -> torch.Tensor:
+def weighted_info_nce(pos: torch.Tensor, blocks: list[NegativeBlock], shaping: Shaping,
+                      n_total: int | None = None) -> torch.Tensor:
     """Mean over anchors of the weighted InfoNCE loss.
 
     Args:
         pos: float [N], raw similarity of each anchor to its positive.
         blocks: negative families; weight-0 blocks are skipped.
         shaping: applied to positives and negatives (identity when disabled).
+        n_total: divide the sum over these N anchors by ``n_total`` instead of N (a
+            process computing some rows of a larger batch returns its share of the mean).
 
     Returns:
         scalar loss.
     """
     pos_l = shaping.positive(pos)
-    return (denominator_lse(pos_l, blocks, shaping) - pos_l).mean()
+    per_row = denominator_lse(pos_l, blocks, shaping) - pos_l
+    return per_row.mean() if n_total is None else per_row.sum() / n_total
 
 
 def denominator_lse(pos_logits: torch.Tensor, blocks: list[NegativeBlock], shaping: Shaping) -> torch.Tensor:
@@ -136,8 +140,10 @@ class ContrastBatch:
     """The 2B anchors of one contrastive term and their in-batch structure.
 
     z: float [N = 2B, d], the two views stacked: rows i and (i + B) mod 2B are positives.
-    sims: float [N, N], z z^T / temperature.
-    mask: bool [N, N], True where the column is not a valid negative for the row
+    rows: long [R] the rows whose loss this process computes (data-parallel workers split
+        the N rows between them), or None for all N (then R = N).
+    sims: float [R, N], z[rows] z^T / temperature.
+    mask: bool [R, N], True where the column is not a valid negative for the row
         (itself, its positive, and every row of the same group: same target or intent).
     temperature: the similarity temperature.
     """
@@ -146,16 +152,38 @@ class ContrastBatch:
     sims: torch.Tensor
     mask: torch.Tensor
     temperature: float
+    rows: torch.Tensor | None = None
+
+    @property
+    def anchors(self) -> torch.Tensor:
+        """float [R, d]: the representations of the computed rows."""
+        return self.z if self.rows is None else self.z[self.rows]
+
+    @property
+    def row_ids(self) -> torch.Tensor:
+        """long [R]: indices (into z) of the computed rows."""
+        return torch.arange(self.z.shape[0], device=self.z.device) if self.rows is None else self.rows
 
     @property
     def positives(self) -> torch.Tensor:
-        """float [N]: similarity of each row to its positive."""
+        """float [R]: similarity of each computed row to its positive."""
         n = self.z.shape[0]
-        idx = torch.arange(n, device=self.z.device)
-        return self.sims[idx, (idx + n // 2) % n]
+        rows = self.row_ids
+        return self.sims[torch.arange(len(rows), device=self.z.device), (rows + n // 2) % n]
+
+    def detach(self) -> "ContrastBatch":
+        return ContrastBatch(self.z.detach(), self.sims.detach(), self.mask, self.temperature, self.rows)
 
 
-def make_contrast_batch(view1: torch.Tensor, view2: torch.Tensor, groups: torch.Tensor, temperature: float) -> ContrastBatch:
+def local_rows(offset: int, count: int, half: int, device: torch.device | None = None) -> torch.Tensor:
+    """long [2 count]: the rows of a stacked two-view batch (2 x ``half`` rows) that belong to
+    a process holding pairs offset..offset+count-1: those pairs' first views, then their second."""
+    first = torch.arange(offset, offset + count, device=device)
+    return torch.cat([first, first + half])
+
+
+def make_contrast_batch(view1: torch.Tensor, view2: torch.Tensor, groups: torch.Tensor, temperature: float,
+                        rows: torch.Tensor | None = None) -> ContrastBatch:
     """Stack two views and build the false-negative mask.
 
     Args:
@@ -164,20 +192,25 @@ def make_contrast_batch(view1: torch.Tensor, view2: torch.Tensor, groups: torch.
         groups: long [B] group id of each pair (target item, or intent id); rows sharing
             a group never serve as each other's negatives.
         temperature: similarities are divided by it.
+        rows: long [R] the rows of the stacked [2B, d] batch to compute (``local_rows``), or
+            None for all; the columns are always all 2B rows.
     """
     z = torch.cat([view1, view2], dim=0)
     n = z.shape[0]
     g = torch.cat([groups, groups])
-    mask = g[:, None] == g[None, :]
-    idx = torch.arange(n, device=z.device)
-    mask[idx, idx] = True
-    mask[idx, (idx + n // 2) % n] = True
-    sims = z @ z.t()
+    idx = torch.arange(n, device=z.device) if rows is None else rows
+    r = torch.arange(len(idx), device=z.device)
+    mask = g[idx][:, None] == g[None, :]
+    mask[r, idx] = True
+    mask[r, (idx + n // 2) % n] = True
+    sims = (z if rows is None else z[rows]) @ z.t()
     if temperature != 1.0:  # x / 1 == x: skip the pass and its backward node
         sims = sims / temperature
-    return ContrastBatch(z=z, sims=sims, mask=mask, temperature=temperature)
+    return ContrastBatch(z=z, sims=sims, mask=mask, temperature=temperature, rows=rows)
 
 
 def contrast_loss(batch: ContrastBatch, blocks: list[NegativeBlock], shaping: Shaping) -> torch.Tensor:
-    """Weighted InfoNCE of ``batch`` against the given negative blocks."""
-    return weighted_info_nce(batch.positives, blocks, shaping)
+    """Weighted InfoNCE of ``batch``'s computed rows against the given negative blocks: the
+    mean over all N rows when every row is computed, else these rows' share of it (sum / N)."""
+    return weighted_info_nce(batch.positives, blocks, shaping,
+                             None if batch.rows is None else batch.z.shape[0])

@@ -56,6 +56,8 @@ def nudge_noise_contrast(
     temperature: float,
     steps: int,
     step_size: float,
+    n_total: int | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``nudge_noise`` on the coarse loss, with its gradient written out (no autograd).
 
@@ -69,16 +71,19 @@ def nudge_noise_contrast(
 
     Args:
         noise: float [R, d] initial vectors.
-        z: float [N, d] detached representations of the coarse batch.
+        z: float [N, d] detached representations of the coarse batch's rows (of this process).
         fixed: float [N] log of everything else in each row's denominator (positive included).
             The positive logits only shift the loss, so they are not needed.
         shaping, temperature: as in the coarse loss.
+        n_total: the batch's row count when ``z`` holds some of its rows (default N).
+        reduce: sums the [R, d] gradient over the processes that hold the other rows
+            (data-parallel workers); None in one process.
 
     Returns:
         float [R, d], detached; equals ``nudge_noise`` with that loss (tests/test_losses.py).
     """
     x = noise.detach()
-    n = z.shape[0]
+    n = z.shape[0] if n_total is None else n_total
     for _ in range(steps):
         s = z @ x.t()
         if temperature != 1.0:
@@ -95,6 +100,8 @@ def nudge_noise_contrast(
             d = torch.mul(t, t).neg_().add_(1.0).mul_(s).div_(shaping.tau).add_(t).add_(shaping.margin)
             q.mul_(d)
         g = q.t() @ z
+        if reduce is not None:
+            g = reduce(g)
         g.div_(n * temperature)
         x = x + step_size * g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return x

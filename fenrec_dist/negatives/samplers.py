@@ -12,7 +12,7 @@ All samplers share one interface so that ``negatives.sources`` picks which are u
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
 
@@ -27,21 +27,28 @@ if TYPE_CHECKING:
     from fenrec_dist.negatives.refresh import EpochIndex
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 @dataclass
 class StepContext:
     """Per-step state shared by the samplers of one optimisation step.
 
-    generator: CPU generator of this step's random draws (lam, noise).
+    generator: CPU generator of this step's random draws (lam, noise); the same stream on
+        every process, which draws for all rows and keeps its own.
     noise: float [R, d] nudged noise negatives of this step, or None.
+    reduce: sums a tensor over the data-parallel processes (the identity in one process).
     extras: per-term data set by the loss before each term's blocks are built:
-        "row_keys": long [N] sample id whose mined negatives row n uses;
-        "row_groups": long [N] the term's group of row n when groups are intents
+        "row_keys": long [N] sample id whose mined negatives row n uses (all N rows);
+        "row_groups": long [N] the term's group of row n (all N rows) when groups are intents
         (index-mined negatives of the same intent are then masked), absent otherwise;
         "stats": dict of lists, diagnostics the samplers append to.
     """
 
     generator: torch.Generator
     noise: torch.Tensor | None = None
+    reduce: Callable[[torch.Tensor], torch.Tensor] = _identity
     extras: dict = field(default_factory=dict)
 
 
@@ -72,10 +79,12 @@ class HardNegatives:
 
     def blocks(self, batch: ContrastBatch, ctx: StepContext) -> list[NegativeBlock]:
         n = batch.z.shape[0]
-        lam = sample_lam((n, n), self.lam_min, self.lam_max, ctx.generator)
+        lam = sample_lam((n, n), self.lam_min, self.lam_max, ctx.generator)  # all rows: one draw stream
         if isinstance(lam, torch.Tensor):
             lam = lam.to(batch.z.device)
-        logits = hard_negative_logits(batch.z, batch.z, lam) / batch.temperature
+            if batch.rows is not None:
+                lam = lam[batch.rows]
+        logits = hard_negative_logits(batch.anchors, batch.z, lam) / batch.temperature
         return [NegativeBlock(logits, self.weight, batch.mask)]
 
 
@@ -96,7 +105,7 @@ class NoiseNegatives:
         if rows <= 0:
             ctx.noise = None
             return
-        det = ContrastBatch(coarse.z.detach(), coarse.sims.detach(), coarse.mask, coarse.temperature)
+        det = coarse.detach()
         with torch.no_grad():
             # Everything but the noise block is constant during the ascent: fold it into one
             # log-denominator, then loss(noise) = mean(logaddexp(fixed, lse(noise)) - pos).
@@ -105,12 +114,13 @@ class NoiseNegatives:
         # The ascent on loss(noise) = mean(logaddexp(fixed, lse(shape(z noise^T / T))) - pos), with
         # its gradient written out (equal to autograd's: tests/test_losses.py).
         noise = draw_noise(rows, coarse.z.shape[1], ctx.generator, coarse.z.device, coarse.z.dtype)
-        ctx.noise = nudge_noise_contrast(noise, det.z, fixed, shaping, det.temperature, self.steps, self.step_size)
+        ctx.noise = nudge_noise_contrast(noise, det.anchors, fixed, shaping, det.temperature, self.steps,
+                                         self.step_size, n_total=det.z.shape[0], reduce=ctx.reduce)
 
     def blocks(self, batch: ContrastBatch, ctx: StepContext) -> list[NegativeBlock]:
         if ctx.noise is None:
             return []
-        return [NegativeBlock(batch.z @ ctx.noise.t() / batch.temperature, 1.0, None)]
+        return [NegativeBlock(batch.anchors @ ctx.noise.t() / batch.temperature, 1.0, None)]
 
 
 class IndexNegatives:
@@ -129,7 +139,7 @@ class IndexNegatives:
         keys = ctx.extras.get("row_keys")
         if keys is None:
             return []
-        nb = self.index.neighbors[keys.to(self.index.neighbors.device)].to(batch.z.device)  # [N, k]
+        nb = self.index.neighbors[keys.to(self.index.neighbors.device)].to(batch.z.device)  # [N, k], all rows
         missing = nb < 0
         safe = nb.clamp_min(0)
         vecs = self.index.vectors.to(batch.z.device)[safe]  # [N, k, d]
@@ -137,14 +147,18 @@ class IndexNegatives:
         groups = ctx.extras.get("row_groups")
         if groups is not None and self.index.intent_of is not None:
             mask = mask | (self.index.intent_of.to(batch.z.device)[safe] == groups[:, None])
-        lam = sample_lam(tuple(nb.shape), self.lam_min, self.lam_max, ctx.generator)
+        lam = sample_lam(tuple(nb.shape), self.lam_min, self.lam_max, ctx.generator)  # all rows: one stream
         if isinstance(lam, torch.Tensor):
             lam = lam.to(batch.z.device)
-        logits = mined_negative_logits(batch.z, vecs, lam) / batch.temperature
+        if batch.rows is not None:  # this process computes some rows only
+            vecs, mask = vecs[batch.rows], mask[batch.rows]
+            if isinstance(lam, torch.Tensor):
+                lam = lam[batch.rows]
+        logits = mined_negative_logits(batch.anchors, vecs, lam) / batch.temperature
         stats = ctx.extras.get("stats")
         if stats is not None:
             with torch.no_grad():
-                cos = torch.nn.functional.cosine_similarity(batch.z.detach()[:, None, :], vecs, dim=2)
+                cos = torch.nn.functional.cosine_similarity(batch.anchors.detach()[:, None, :], vecs, dim=2)
                 ok = ~mask
                 stats.setdefault("cos_index", []).append(float(cos[ok].mean()) if ok.any() else float("nan"))
                 stats.setdefault("index_used", []).append(float(ok.float().sum(dim=1).mean()))

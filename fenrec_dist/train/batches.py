@@ -25,6 +25,7 @@ def epoch_batches(
     rng: np.random.Generator,
     grouping: bool = True,
     window_batches: int = 64,
+    order_rng: np.random.Generator | None = None,
 ) -> list[np.ndarray]:
     """Partition ``range(N)`` into batches for one epoch.
 
@@ -35,6 +36,11 @@ def epoch_batches(
         grouping: sort each shuffled window of ``window_batches * batch_size`` samples
             by length, so batches hold similar lengths and little padding is computed;
             the batch order is then shuffled across the whole epoch.
+        order_rng: draws that shuffle of the batch order instead of ``rng``. Data-parallel
+            workers pass one generator seeded alike on every rank: with equal batch counts
+            the ranks then take their k-th batch from the same position of a length-sorted
+            window, so the batches of one synchronous step have similar lengths and no rank
+            waits for another's long batch.
 
     Returns:
         list of int64 arrays; every sample appears exactly once.
@@ -49,7 +55,7 @@ def epoch_batches(
         chunk = perm[w : w + window]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    order = rng.permutation(len(batches))
+    order = (rng if order_rng is None else order_rng).permutation(len(batches))
     return [batches[i] for i in order]
 
 

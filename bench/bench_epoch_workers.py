@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""One FENRec epoch on Beauty after the warm-up through Ray Train data-parallel workers.
+
+    DS_ACCELERATOR=cpu .venv/bin/python bench/bench_epoch_workers.py [--workers 2] [--single]
+
+The same epoch as ``bench/bench_epoch.py`` (configs/beauty.yaml, ``negatives.warmup_epochs=0``,
+hard + noise negatives, the clustering pass and validation), run by ``--workers`` Ray Train
+workers with one CPU and one torch thread each and the global batch of the config
+(256 = W x 256 / W, negatives gathered across workers). Each worker computes the contrastive
+rows of its own samples (``losses/fenrec.py``), so the work divides between them.
+
+Reports each phase as the workers timed it (cluster, train, eval, epoch), the wall time of the
+whole job (Ray start-up included), and peak resident memory sampled every 250 ms: of each
+training worker, and of the whole process tree (driver, Ray's daemons, workers).
+``--single`` first runs ``bench/bench_epoch.py --threads W`` in a subprocess, so the two paths
+are timed in the same run on the same machine. Writes bench/results/epoch_workers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from _result import write_result  # noqa: E402  (bench/ is the script's own folder)
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".venv" / "torch_extensions"))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+class TreeMemory:
+    """Samples the resident memory of this process and all its descendants."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.interval = interval
+        self.peak_tree_mib = 0.0
+        self.peak_worker_mib: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = self.psutil.Process()
+        procs: dict[int, tuple[object, str]] = {}  # pid -> (Process, first word of its command line)
+        tick = 0
+        while not self._stop.is_set():
+            if tick % 20 == 0:  # new processes are looked for every 20 samples: the walk costs CPU
+                for p in [me] + me.children(recursive=True):
+                    try:  # names are re-read: a Ray worker renames itself once it runs an actor
+                        procs[p.pid] = (p, " ".join(p.cmdline()[:1]))
+                    except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+                        continue
+            total = 0.0
+            for pid, (p, name) in list(procs.items()):
+                try:
+                    rss = p.memory_info().rss / 2**20  # type: ignore[attr-defined]
+                except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+                    del procs[pid]
+                    continue
+                total += rss
+                if "RayTrainWorker" in name:
+                    self.peak_worker_mib[pid] = max(self.peak_worker_mib.get(pid, 0.0), rss)
+            self.peak_tree_mib = max(self.peak_tree_mib, total)
+            tick += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "TreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "Beauty.txt"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "beauty.yaml"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--single", action="store_true", help="also run bench_epoch.py (one process) first")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "epoch_workers.json"))
+    args = ap.parse_args()
+    if not Path(args.data).exists():
+        print(f"skip: {args.data} not found")
+        return 0
+    single = None
+    if args.single:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "epoch.json"
+            subprocess.run([sys.executable, str(ROOT / "bench" / "bench_epoch.py"), "--threads", str(args.workers),
+                            "--data", args.data, "--config", args.config, "--out", str(out)]
+                           + [x for o in args.overrides for x in ("--set", o)], check=True)
+            single = json.loads(out.read_text())
+
+    import ray
+
+    from fenrec_dist.config import load_config
+    from fenrec_dist.data.prepare import prepare
+    from fenrec_dist.distributed.driver import run_distributed
+    from fenrec_dist.train.report import read_metrics
+
+    w = args.workers
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare(args.data, Path(tmp) / "data")
+        base = load_config(args.config, [])
+        cfg = load_config(args.config, [
+            f"data.path={tmp}/data", "negatives.warmup_epochs=0", "train.epochs=1", "train.progress=false",
+            f"train.batch_size={base.train.batch_size // w}", f"distributed.num_workers={w}",
+            "distributed.cpus_per_worker=1", "train.threads=1",
+        ] + args.overrides)
+        lines: list[str] = []
+        t0 = time.perf_counter()
+        with TreeMemory() as mem:
+            run_distributed(cfg, Path(tmp) / "run", log=lines.append)
+            wall = time.perf_counter() - t0
+            ray.shutdown()
+        rec = read_metrics(Path(tmp) / "run")[0]
+    res = {
+        "command": " ".join(sys.argv), "workers": w, "threads_per_worker": 1,
+        "global_batch": cfg.train.batch_size * w,
+        "phases_s": {k: round(v, 1) for k, v in rec["time"].items()},
+        "samples_per_s": round(rec["samples_per_s"], 1),
+        "job_wall_s": round(wall, 1), "worker_startup_s": {k: round(v, 2) for k, v in rec.get("startup", {}).items()},
+        "peak_rss_mib_per_worker": sorted(round(v) for v in mem.peak_worker_mib.values()),
+        "peak_rss_mib_process_tree": round(mem.peak_tree_mib),
+        "valid_after_1_epoch": rec["valid"], "loss": rec["loss"],
+    }
+    if single is not None:
+        res["single_process"] = {k: single[k] for k in ("threads", "phases_s", "samples_per_s", "peak_rss_mib")}
+        res["epoch_speedup_vs_single"] = round(single["phases_s"]["epoch"] / res["phases_s"]["epoch"], 2)
+    return write_result(args.out, res)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
