@@ -43,3 +43,20 @@ def test_intents_clustered_once_across_ranks_agree_with_one_process():
     for r in ranks:
         assert torch.equal(r["centroids"], ref["centroids"])
         assert torch.equal(r["assign"], ref["assign"])
+
+
+def test_packed_gather_rows_offsets_and_summed_gradients():
+    """One collective gathers a float and an int64 tensor of uneven row counts bit-exactly;
+    each row's gradient is the sum of what every rank's loss sent it."""
+    import torch
+
+    world = 2
+    ranks = selfcheck.check_gather(world)
+    want_f = torch.cat([selfcheck._gather_rows(r)[0] for r in range(world)])
+    want_i = torch.cat([selfcheck._gather_rows(r)[1] for r in range(world)])
+    for r, res in enumerate(ranks):
+        assert torch.equal(res["floats"], want_f)
+        assert torch.equal(res["ids"], want_i) and res["ids"].dtype == torch.int64
+        assert res["offset"] == sum(selfcheck._gather_rows(q)[0].shape[0] for q in range(r))
+        # sum over ranks q of (q + 1) = 3 for every element of every row
+        assert torch.equal(res["grad"], torch.full_like(selfcheck._gather_rows(r)[0], 3.0))

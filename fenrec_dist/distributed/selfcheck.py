@@ -283,3 +283,36 @@ def compare_index_refresh(world: int = 2) -> tuple[torch.Tensor, list[torch.Tens
         mp.spawn(_refresh_worker, args=(world, _free_port(), out), nprocs=world, join=True)
         ranks = [torch.load(f"{out}.{r}", weights_only=True)["neighbors"] for r in range(world)]
     return single, ranks
+
+
+# --------------------------------------------------------------------------- packed gather
+
+
+def _gather_rows(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank r's rows: float [r + 2, 3] and int64 [r + 2] (uneven counts, ids past 2^31, negatives)."""
+    n = rank + 2
+    floats = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3) + 100 * rank
+    ids = torch.tensor([(1 << 40) + 7 * rank + i for i in range(n - 1)] + [-5 - rank], dtype=torch.int64)
+    return floats, ids
+
+
+def _gather_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        floats, ids = _gather_rows(rank)
+        x = floats.clone().requires_grad_(True)
+        (gf, gi), offset = ProcessGroupComm(max_rows=world + 1).gather(x, ids)
+        # rank r's loss weighs every gathered row by (r + 1): the rows' gradient is summed over ranks
+        (gf.sum(dim=1) * (rank + 1)).sum().backward()
+        torch.save({"floats": gf.detach(), "ids": gi, "offset": offset, "grad": x.grad}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def check_gather(world: int = 2) -> list[dict]:
+    """Every rank's result of ``ProcessGroupComm.gather`` (gathered rows, offset, gradient)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "gather")
+        mp.spawn(_gather_worker, args=(world, _free_port(), out), nprocs=world, join=True)
+        return [torch.load(f"{out}.{r}", weights_only=True) for r in range(world)]

@@ -1,8 +1,10 @@
 """The per-worker training function that Ray Train runs on every rank.
 
 It is the single-process epoch (fenrec_dist.train.loop) with three changes passed in
-as arguments: representations are all-gathered so negatives are global, k-means runs
-once on every rank's representations, and metric sums are all-reduced. State is
+as arguments: representations are all-gathered so negatives are global (each rank computes
+the contrastive loss of its own rows against the whole global batch, so that work divides
+by the world size), k-means runs once on every rank's representations, and metric sums are
+all-reduced. State is
 checkpointed through ``ray.train.report`` every epoch and restored at the top.
 """
 
