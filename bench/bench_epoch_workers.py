@@ -13,7 +13,9 @@ Reports each phase as the workers timed it (cluster, train, eval, epoch), the wa
 whole job (Ray start-up included), and peak resident memory sampled every 250 ms: of each
 training worker, and of the whole process tree (driver, Ray's daemons, workers).
 ``--single`` first runs ``bench/bench_epoch.py --threads W`` in a subprocess, so the two paths
-are timed in the same run on the same machine. Writes bench/results/epoch_workers.json.
+are timed in the same run on the same machine. ``--baseline REV`` first runs this script on
+REV's code (a temporary ``git worktree``, its package first on PYTHONPATH, which Ray's workers
+inherit) and reports the two 2-worker epochs side by side. Writes bench/results/epoch_workers.json.
 """
 
 from __future__ import annotations
@@ -85,18 +87,45 @@ class TreeMemory:
         self._thread.join()
 
 
+def run_baseline(args: argparse.Namespace) -> dict:
+    """This script's 2-worker epoch on ``args.baseline``'s code, in a temporary git worktree."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline],
+                       check=True, capture_output=True)
+        try:
+            (tree / "bench").mkdir(exist_ok=True)
+            for name in ("bench_epoch_workers.py", "_result.py"):  # older revisions lack them
+                (tree / "bench" / name).write_text((ROOT / "bench" / name).read_text())
+            out = Path(tmp) / "baseline.json"
+            config = Path(args.config).resolve()
+            if config.is_relative_to(ROOT) and (tree / config.relative_to(ROOT)).exists():
+                config = tree / config.relative_to(ROOT)  # the revision's own config
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            subprocess.run([sys.executable, str(tree / "bench" / "bench_epoch_workers.py"), "--workers",
+                            str(args.workers), "--data", str(Path(args.data).resolve()), "--config",
+                            str(config), "--out", str(out)]
+                           + [x for o in args.overrides for x in ("--set", o)], check=True, env=env, cwd=tree)
+            return json.loads(out.read_text())
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False,
+                           capture_output=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "Beauty.txt"))
     ap.add_argument("--config", default=str(ROOT / "configs" / "beauty.yaml"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--single", action="store_true", help="also run bench_epoch.py (one process) first")
+    ap.add_argument("--baseline", default="", help="a git revision to time first, on the same data")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "epoch_workers.json"))
     args = ap.parse_args()
     if not Path(args.data).exists():
         print(f"skip: {args.data} not found")
         return 0
+    baseline = run_baseline(args) if args.baseline else None
     single = None
     if args.single:
         with tempfile.TemporaryDirectory() as tmp:
@@ -139,6 +168,11 @@ def main() -> int:
         "peak_rss_mib_process_tree": round(mem.peak_tree_mib),
         "valid_after_1_epoch": rec["valid"], "loss": rec["loss"],
     }
+    if baseline is not None:
+        res["baseline"] = {"rev": args.baseline, **{k: baseline[k] for k in (
+            "phases_s", "samples_per_s", "peak_rss_mib_per_worker", "peak_rss_mib_process_tree")}}
+        res["epoch_ratio_new_over_baseline"] = round(res["phases_s"]["epoch"] / baseline["phases_s"]["epoch"], 3)
+        res["train_ratio_new_over_baseline"] = round(res["phases_s"]["train"] / baseline["phases_s"]["train"], 3)
     if single is not None:
         res["single_process"] = {k: single[k] for k in ("threads", "phases_s", "samples_per_s", "peak_rss_mib")}
         res["epoch_speedup_vs_single"] = round(single["phases_s"]["epoch"] / res["phases_s"]["epoch"], 2)
