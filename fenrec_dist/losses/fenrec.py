@@ -22,6 +22,7 @@ from fenrec_dist.negatives.samplers import NoiseNegatives, StepContext, build_sa
 if TYPE_CHECKING:
     from fenrec_dist.negatives.refresh import EpochIndex
 
+
 class BatchComm(Protocol):
     """How a data-parallel process sees the global batch (``distributed.collectives.ProcessGroupComm``).
 

@@ -140,20 +140,20 @@ class IndexNegatives:
         if keys is None:
             return []
         nb = self.index.neighbors[keys.to(self.index.neighbors.device)].to(batch.z.device)  # [N, k], all rows
-        missing = nb < 0
-        safe = nb.clamp_min(0)
-        vecs = self.index.vectors.to(batch.z.device)[safe]  # [N, k, d]
-        mask = missing
-        groups = ctx.extras.get("row_groups")
-        if groups is not None and self.index.intent_of is not None:
-            mask = mask | (self.index.intent_of.to(batch.z.device)[safe] == groups[:, None])
         lam = sample_lam(tuple(nb.shape), self.lam_min, self.lam_max, ctx.generator)  # all rows: one stream
+        groups = ctx.extras.get("row_groups")
         if isinstance(lam, torch.Tensor):
             lam = lam.to(batch.z.device)
-        if batch.rows is not None:  # this process computes some rows only
-            vecs, mask = vecs[batch.rows], mask[batch.rows]
-            if isinstance(lam, torch.Tensor):
-                lam = lam[batch.rows]
+        if batch.rows is not None:  # this process computes some rows only: keep theirs
+            nb = nb[batch.rows]
+            groups = groups[batch.rows] if groups is not None else None
+            lam = lam[batch.rows] if isinstance(lam, torch.Tensor) else lam
+        missing = nb < 0
+        safe = nb.clamp_min(0)
+        vecs = self.index.vectors.to(batch.z.device)[safe]  # [R, k, d]
+        mask = missing
+        if groups is not None and self.index.intent_of is not None:
+            mask = mask | (self.index.intent_of.to(batch.z.device)[safe] == groups[:, None])
         logits = mined_negative_logits(batch.anchors, vecs, lam) / batch.temperature
         stats = ctx.extras.get("stats")
         if stats is not None:
