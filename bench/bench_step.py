@@ -76,6 +76,26 @@ class Arm:
         return time.perf_counter() - t0, time.process_time() - c0, res.losses
 
 
+def fit_intents(arm: Arm):  # type: ignore[no-untyped-def]
+    """k-means intents of ``arm``'s initial model over the training set; sets ``arm.intents``
+    and returns the centroids (to hand to another arm)."""
+    from fenrec_dist.intents import IntentClusters
+    from fenrec_dist.train.loop import embed
+
+    reprs = embed(arm.model, arm.data.train.inputs, arm.cfg.intents.batch_size, arm.device)
+    centroids = IntentClusters.fit(reprs, arm.cfg.intents.k, arm.cfg.intents.niter, seed=0).centroids
+    arm.intents = IntentClusters(centroids)
+    return centroids
+
+
+def epoch0_batches(arm: Arm) -> list:
+    """Epoch 0's batches of ``arm``'s training set (seed 0, length-grouped)."""
+    from fenrec_dist.train.batches import epoch_batches, epoch_rng
+
+    return epoch_batches(arm.data.train.input_len, arm.cfg.train.batch_size, epoch_rng(0, 0), True,
+                         arm.cfg.train.length_bucket_batches)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "Beauty.txt"))
@@ -94,8 +114,6 @@ def main() -> int:
     import torch
 
     from fenrec_dist.data.prepare import prepare
-    from fenrec_dist.train.batches import epoch_batches, epoch_rng
-    from fenrec_dist.train.loop import embed
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,14 +122,9 @@ def main() -> int:
         prepare(args.data, Path(tmp) / "data")
         data_dir = str(Path(tmp) / "data")
         new = Arm("fenrec_dist", args.config, args.overrides, data_dir, None, None)
-        from fenrec_dist.intents import IntentClusters
-
-        reprs = embed(new.model, new.data.train.inputs, new.cfg.intents.batch_size, new.device)
-        centroids = IntentClusters.fit(reprs, new.cfg.intents.k, new.cfg.intents.niter, seed=0).centroids
-        new.intents = IntentClusters(centroids)
+        centroids = fit_intents(new)
         base = Arm("fenrec_dist_base", args.config, args.overrides, data_dir, new.model.state_dict(), centroids)
-        batches = epoch_batches(new.data.train.input_len, new.cfg.train.batch_size, epoch_rng(0, 0), True,
-                                new.cfg.train.length_bucket_batches)
+        batches = epoch0_batches(new)
         times: dict[str, list[float]] = {"baseline": [], "new": []}
         cpu: dict[str, list[float]] = {"baseline": [], "new": []}
         loss_diff = 0.0

@@ -43,21 +43,15 @@ def main() -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from bench_step import Arm
+    from bench_step import Arm, epoch0_batches, fit_intents
     from fenrec_dist.data.prepare import prepare
-    from fenrec_dist.intents import IntentClusters
-    from fenrec_dist.train.batches import epoch_batches, epoch_rng
-    from fenrec_dist.train.loop import embed
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         prepare(args.data, Path(tmp) / "data")
         arm = Arm("fenrec_dist", args.config, [], str(Path(tmp) / "data"), None, None)
-        reprs = embed(arm.model, arm.data.train.inputs, arm.cfg.intents.batch_size, arm.device)
-        arm.intents = IntentClusters(IntentClusters.fit(reprs, arm.cfg.intents.k, arm.cfg.intents.niter,
-                                                        seed=0).centroids)
-        batches = epoch_batches(arm.data.train.input_len, arm.cfg.train.batch_size, epoch_rng(0, 0), True,
-                                arm.cfg.train.length_bucket_batches)
+        fit_intents(arm)
+        batches = epoch0_batches(arm)
         for i in range(5):
             arm.run(batches[i], seed=i)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:

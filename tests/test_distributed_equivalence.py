@@ -60,3 +60,15 @@ def test_packed_gather_rows_offsets_and_summed_gradients():
         assert res["offset"] == sum(selfcheck._gather_rows(q)[0].shape[0] for q in range(r))
         # sum over ranks q of (q + 1) = 3 for every element of every row
         assert torch.equal(res["grad"], torch.full_like(selfcheck._gather_rows(r)[0], 3.0))
+
+
+def test_packed_gather_rejects_misaligned_or_oversized_rows():
+    import torch
+
+    from fenrec_dist.distributed.collectives import ProcessGroupComm
+
+    comm = ProcessGroupComm(max_rows=2)
+    with pytest.raises(ValueError, match=r"row counts differ: \[2, 1\]"):
+        comm.gather(torch.zeros(2, 3), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match="3 rows exceed max_rows=2"):
+        comm.gather(torch.zeros(3, 3))
