@@ -60,7 +60,7 @@ def _rank(rank: int, world: int, port: int, data_dir: str, config: str, steps: i
     torch.manual_seed(0)
     model = build_model(cfg, data, device)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, foreach=True)
+    opt = loop.make_adam(model.parameters(), cfg.train.lr)
     reprs = loop.embed(model, data.train.inputs[:20000], 1024, device)
     intents = IntentClusters(IntentClusters.fit(reprs, cfg.intents.k, 10, seed=0).centroids)
     times: dict[str, list[float]] = {"encode": [], "loss": [], "loss_collectives": [], "backward_step": [], "step": []}

@@ -61,8 +61,10 @@ class Arm:
         self.model = mod("train.single").build_model(cfg, self.data, self.device)
         if state is not None:
             self.model.load_state_dict(state)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
         self.loop = mod("train.loop")
+        make_adam = getattr(self.loop, "make_adam", None)  # the package's own optimizer, where it has one
+        self.opt = (make_adam(self.model.parameters(), cfg.train.lr) if make_adam is not None
+                    else torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, foreach=True))
         self.step = self.loop.torch_step(self.model, self.opt)
         self.loss_fn = mod("losses.fenrec").FENRecLoss(cfg.loss, cfg.negatives)
         self.partners = mod("train.batches").PartnerIndex.build(self.data.train.target, self.data.num_items)

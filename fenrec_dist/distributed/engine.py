@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from fenrec_dist.config import Config
+from fenrec_dist.train.loop import make_adam
 
 
 def use_bf16(cfg: Config, device: torch.device) -> bool:
@@ -48,8 +49,7 @@ def build_engine(model: torch.nn.Module, cfg: Config, device: torch.device):  # 
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     optimizer = None
     if cfg.deepspeed.optimizer == "torch_adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                     foreach=True)  # same result as the per-parameter loop, faster
+        optimizer = make_adam(model.parameters(), cfg.train.lr, cfg.train.weight_decay)
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, model_parameters=None if optimizer else model.parameters(),
         config=deepspeed_config(cfg, device),

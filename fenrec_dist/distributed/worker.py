@@ -32,7 +32,7 @@ from fenrec_dist.model.base import SequenceEncoder
 from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
 from fenrec_dist.train.checkpoint import load_state, rng_state, save_state, set_rng_state
 from fenrec_dist.train.early_stopping import EarlyStopping
-from fenrec_dist.train.loop import embed, evaluate_sums, torch_step, train_epoch
+from fenrec_dist.train.loop import embed, evaluate_sums, make_adam, torch_step, train_epoch
 from fenrec_dist.train.memory import release_free_memory
 from fenrec_dist.train.single import negatives_record, time_is_up
 
@@ -165,7 +165,7 @@ class _TorchDDP:
 
         self.module = model
         self.net = ray.train.torch.prepare_model(model, move_to_device=False)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=True)
+        self.optimizer = make_adam(model.parameters(), cfg.train.lr, cfg.train.weight_decay)
         self.step = torch_step(model, self.optimizer, cfg.train.grad_clip)
 
 

@@ -21,19 +21,9 @@ from torch import nn
 
 from fenrec_dist.config import ModelConfig
 from fenrec_dist.model.base import SequenceEncoder, trim_left_padding
+from fenrec_dist.model.dropout import Dropout
 
 _MASKED = -10000.0  # the reference's additive mask value (exp underflows to exactly 0 in fp32)
-
-
-class Dropout(nn.Dropout):
-    """Inverted dropout drawn with ``rand_like`` (about 2x faster than ``bernoulli_`` on CPU,
-    the profiler's top kernel); same distribution and scaling as ``nn.Dropout``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        mask = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
-        return x * mask
 
 
 class SelfAttention(nn.Module):

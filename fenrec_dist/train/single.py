@@ -22,7 +22,7 @@ from fenrec_dist.model.base import SequenceEncoder
 from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
 from fenrec_dist.train.checkpoint import atomic_write_json, atomic_write_text, load_state, rng_state, save_state, set_rng_state
 from fenrec_dist.train.early_stopping import EarlyStopping
-from fenrec_dist.train.loop import embed, evaluate_sums, torch_step, train_epoch
+from fenrec_dist.train.loop import embed, evaluate_sums, make_adam, torch_step, train_epoch
 from fenrec_dist.train.memory import release_free_memory
 from fenrec_dist.train.report import MetricsLog, plot_curves, progress_line
 
@@ -81,7 +81,7 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     if not resume:
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     model = build_model(cfg, data, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=True)
+    optimizer = make_adam(model.parameters(), cfg.train.lr, cfg.train.weight_decay)
     stopper = EarlyStopping(cfg.train.patience)
     start_epoch = 0
     log_file = MetricsLog(run_dir)
