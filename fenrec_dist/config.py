@@ -52,6 +52,10 @@ class ModelConfig:
     last_position_only: bool = _f(
         True, "Exact speed-up: last block computes queries and feed-forward at the last position only."
     )
+    pack_tokens: bool = _f(
+        True, "Exact speed-up: layers other than attention run on real tokens only; attention per "
+        "length-sorted chunk (replaces trim_padding; SASRec)."
+    )
 
 
 @dataclass

@@ -31,7 +31,7 @@ def test_trim_left_padding_keeps_absolute_offset():
 
 @pytest.mark.parametrize("trim,last", [(True, False), (False, True), (True, True)])
 def test_sasrec_speedups_equal_plain_computation(trim, last):
-    cfg = ModelConfig(hidden=16, heads=2, layers=2, trim_padding=trim, last_position_only=last)
+    cfg = ModelConfig(hidden=16, heads=2, layers=2, trim_padding=trim, last_position_only=last, pack_tokens=False)
     torch.manual_seed(0)
     fast = SASRec(cfg, num_items=30, max_len=12).eval()
     plain_cfg = dataclasses.replace(cfg, trim_padding=False, last_position_only=False)
@@ -150,3 +150,46 @@ def test_sasrec_eval_attention_kernel_equals_explicit_softmax(monkeypatch):
         monkeypatch.setattr(sasrec.F, "scaled_dot_product_attention", explicit)
         want = m.sequence_output(ids)
     assert torch.allclose(fused, want, atol=1e-5)
+
+
+def test_pack_plan_positions_chunks_and_row_order():
+    """Hand-checked plan: rows of lengths 2, 1, 4 and an empty row (kept as its last column),
+    width 4 in a window of 6 (positions shift by 2), one chunk per length."""
+    from fenrec_dist.model.packing import PackPlan
+
+    ids = torch.tensor([[0, 0, 5, 6], [0, 0, 0, 7], [1, 2, 3, 4], [0, 0, 0, 0]])
+    plan = PackPlan.build(ids, max_len=6, chunk_overhead=0)
+    # chunk order: rows 1 and 3 (length 1), row 0, row 2
+    assert plan.token_ids.tolist() == [7, 0, 5, 6, 1, 2, 3, 4]
+    assert plan.token_pos.tolist() == [5, 5, 4, 5, 2, 3, 4, 5]
+    assert [(c.start, c.end, c.rows, c.length) for c in plan.chunks] == [(0, 2, 2, 1), (2, 4, 1, 2), (4, 8, 1, 4)]
+    assert plan.chunks[2].flat.tolist() == [0, 1, 2, 3] and not plan.chunks[2].pad.any()
+    assert plan.last.tolist() == [0, 1, 3, 7]
+    assert plan.inverse.tolist() == [2, 0, 3, 1]
+
+
+@pytest.mark.parametrize("last", [True, False])
+@pytest.mark.parametrize("overhead", [0, 10_000])
+def test_packed_encoder_equals_plain_computation_and_gradients(last, overhead):
+    """Packed tokens (several chunks or one) give the plain computation's outputs in eval mode
+    and, with dropout off in train mode, the same gradients for every parameter."""
+    from fenrec_dist.model.packing import PackPlan
+
+    cfg = ModelConfig(hidden=16, heads=2, layers=2, dropout=0.0, attn_dropout=0.0, last_position_only=last)
+    torch.manual_seed(0)
+    fast = SASRec(cfg, num_items=30, max_len=12)
+    plain = SASRec(dataclasses.replace(cfg, pack_tokens=False, trim_padding=False, last_position_only=False), 30, 12)
+    plain.load_state_dict(fast.state_dict())
+    ids = _batch([1, 4, 7, 12, 3, 4, 9, 2, 12, 1], seed=3)[:, 1:]  # width 11 < max_len: right-aligned
+    with torch.no_grad():
+        ref = plain.eval()(ids)  # the plain path, positions shifted by max_len - width
+        got = fast.eval().encode_packed(PackPlan.build(ids, 12, chunk_overhead=overhead))
+    assert len(PackPlan.build(ids, 12, chunk_overhead=overhead).chunks) == (7 if overhead == 0 else 1)  # 7 distinct lengths
+    assert torch.allclose(got, ref, atol=1e-5)
+    fast.train(), plain.train()
+    w = torch.randn(10, 16, generator=torch.Generator().manual_seed(4))
+    (fast.encode_packed(PackPlan.build(ids, 12, chunk_overhead=overhead)) * w).sum().backward()
+    (plain(ids) * w).sum().backward()
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+    assert fast.packs_tokens and not plain.packs_tokens

@@ -5,10 +5,13 @@ LN(h + Dropout(W2 GELU(W1 h))). Learned absolute position embeddings over the
 left-padded window of ``max_len``; causal mask plus key-padding mask; N(0, 0.02)
 initialisation; LayerNorm eps 1e-12 — all as the reference code.
 
-Exact speed-ups (``ModelConfig``): ``trim_padding`` drops all-padding left columns
-while keeping absolute position ids; ``last_position_only`` computes the last
-block's queries and feed-forward only at the last position. Both give the same
-output as the plain computation (see tests/test_model.py).
+Exact speed-ups (``ModelConfig``): ``pack_tokens`` (the default) runs every layer but
+attention on the batch's real tokens only and attention per chunk of length-sorted rows
+(``model/packing.py``; 7-9% of a Beauty training step, ``bench/bench_step.py``);
+without it, ``trim_padding`` drops all-padding left columns while keeping absolute
+position ids; ``last_position_only`` computes the last block's queries and feed-forward
+only at the last position. All give the same output and gradients as the plain
+computation (see tests/test_model.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import nn
 from fenrec_dist.config import ModelConfig
 from fenrec_dist.model.base import SequenceEncoder, trim_left_padding
 from fenrec_dist.model.dropout import Dropout
+from fenrec_dist.model.packing import PackPlan
 
 _MASKED = -10000.0  # the reference's additive mask value (exp underflows to exactly 0 in fp32)
 
@@ -53,14 +57,26 @@ class SelfAttention(nn.Module):
         q = self._split(self.query(q_in))
         k = self._split(self.key(x))
         v = self._split(self.value(x))
+        ctx = self.attend(q, k, v, mask)
+        ctx = ctx.transpose(1, 2).reshape(q_in.shape)
+        return self.finish(ctx, q_in)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d_h) + mask) v with dropout on the probabilities.
+
+        q float [B, h, Lq, d_h]; k, v float [B, h, L, d_h]; mask float [B, 1, Lq, L] additive.
+        Returns float [B, h, Lq, d_h].
+        """
         if self.training and self.attn_dropout.p > 0:
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask
             probs = self.attn_dropout(torch.softmax(scores, dim=-1))
-            ctx = probs @ v
-        else:  # no dropout: the fused kernel computes the same softmax(q k^T / sqrt(d_h) + mask) v
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        ctx = ctx.transpose(1, 2).reshape(q_in.shape)
-        return self.norm(self.out_dropout(self.dense(ctx)) + q_in)
+            return probs @ v
+        # no dropout: the fused kernel computes the same softmax(q k^T / sqrt(d_h) + mask) v
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def finish(self, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """LN(residual + Dropout(dense(ctx))): ctx, residual float [..., d] -> float [..., d]."""
+        return self.norm(self.out_dropout(self.dense(ctx)) + residual)
 
 
 class FeedForward(nn.Module):
@@ -138,9 +154,55 @@ class SASRec(SequenceEncoder):
                 x = block(x, full_mask)
         return x
 
+    @property
+    def packs_tokens(self) -> bool:
+        """True when ``forward`` groups rows by length itself (callers pass the whole batch)."""
+        return self.cfg.pack_tokens
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids long [B, max_len] left-padded -> float [B, d] at the last position."""
+        """input_ids long [B, W <= max_len] left-padded -> float [B, d] at the last position."""
+        if self.cfg.pack_tokens:
+            return self.encode_packed(PackPlan.build(input_ids, self.max_len))
         ids, offset = trim_left_padding(input_ids) if self.cfg.trim_padding else (input_ids, 0)
         offset += self.max_len - input_ids.shape[1]  # inputs shorter than max_len are right-aligned
         out = self._encode(ids, offset, last_only=self.cfg.last_position_only)
         return out[:, -1, :]
+
+    def encode_packed(self, plan: PackPlan) -> torch.Tensor:
+        """The blocks over packed tokens (``model/packing.py``): float [B, d] per row.
+
+        Embeddings, projections, feed-forward, LayerNorm and dropout act on the T real tokens
+        x [T, d]; each attention chunk scatters its tokens' q, k, v into a zero [rows, length]
+        grid (padding cells are masked keys, and their query outputs are never read) and
+        gathers the outputs of its real cells back. The last block, with
+        ``last_position_only``, takes queries and feed-forward at each row's last token.
+        """
+        x = self.emb_dropout(self.emb_norm(self.item_emb(plan.token_ids) + self.pos_emb(plan.token_pos)))
+        d = x.shape[1]
+        n = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            att = block.attn
+            last_only = self.cfg.last_position_only and i == n - 1
+            projs = [att.key, att.value] if last_only else [att.query, att.key, att.value]
+            packed = F.linear(x, torch.cat([p.weight for p in projs]), torch.cat([p.bias for p in projs]))
+            q_in = x[plan.last] if last_only else x
+            q_last = att.query(q_in) if last_only else None
+            outs, row = [], 0
+            for c in plan.chunks:
+                width = packed.shape[1]
+                grid = packed.new_zeros(c.rows * c.length, width).index_copy(0, c.flat, packed[c.start:c.end])
+                parts = grid.view(c.rows, c.length, width // d, att.heads, att.head_dim).transpose(1, 3)  # [B,h,P,L,dh]
+                allowed = ~c.pad[:, None, None, :]  # [B, 1, 1, L] real keys
+                if last_only:
+                    k, v = parts[:, :, 0], parts[:, :, 1]
+                    q = q_last[row:row + c.rows].view(c.rows, att.heads, 1, att.head_dim)
+                else:
+                    q, k, v = parts[:, :, 0], parts[:, :, 1], parts[:, :, 2]
+                    causal = torch.ones(c.length, c.length, dtype=torch.bool, device=x.device).tril()
+                    allowed = allowed & causal
+                mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed, _MASKED)
+                ctx = att.attend(q, k, v, mask).transpose(1, 2).reshape(-1, d)  # [B * Lq, d]
+                outs.append(ctx if last_only else ctx.index_select(0, c.flat))
+                row += c.rows
+            x = block.ff(att.finish(torch.cat(outs), q_in))
+        return (x if self.cfg.last_position_only else x[plan.last])[plan.inverse]

@@ -20,6 +20,7 @@ from fenrec_dist.intents import IntentClusters
 from fenrec_dist.losses.fenrec import FENRecLoss
 from fenrec_dist.metrics import rank_metrics, target_ranks
 from fenrec_dist.model.base import SequenceEncoder
+from fenrec_dist.model.packing import length_chunks
 from fenrec_dist.train.batches import PartnerIndex, epoch_rng, to_tensor
 from fenrec_dist.train.memory import release_free_memory
 
@@ -49,47 +50,15 @@ def make_adam(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: flo
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
-def length_chunks(lengths: np.ndarray, chunk_overhead: int = 512) -> list[np.ndarray]:
-    """Split rows into length-sorted chunks that minimise the encoder's work.
-
-    A chunk of rows is padded to its longest row, so it costs (rows x longest length)
-    tokens, plus a fixed ``chunk_overhead`` (in tokens) for the per-call work of one more
-    forward/backward. The best cut points of the sorted lengths are found exactly by
-    dynamic programming over the distinct lengths (at most max_len + 1 of them).
-
-    Args:
-        lengths: int [N] non-padding length of each row.
-        chunk_overhead: the cost of one more chunk in tokens; 512 measured best on Beauty
-            (2 CPU threads) within a flat optimum (384..1536 within 3%).
-
-    Returns:
-        list of int arrays of row indices, each sorted by length, covering range(N) once.
-    """
-    order = np.argsort(lengths, kind="stable")
-    s = np.asarray(lengths)[order]
-    n = len(s)
-    if n == 0:
-        return []
-    cuts = np.concatenate([[0], np.flatnonzero(np.diff(s)) + 1, [n]])  # cut only between distinct lengths
-    best = np.zeros(len(cuts))
-    prev = np.zeros(len(cuts), dtype=np.int64)
-    for j in range(1, len(cuts)):
-        cost = best[:j] + (cuts[j] - cuts[:j]) * max(int(s[cuts[j] - 1]), 1) + chunk_overhead
-        prev[j] = int(np.argmin(cost))
-        best[j] = cost[prev[j]]
-    bounds = []
-    j = len(cuts) - 1
-    while j > 0:
-        bounds.append((cuts[prev[j]], cuts[j]))
-        j = int(prev[j])
-    return [order[a:b] for a, b in reversed(bounds)]
-
-
 def encode_by_length(net: Callable[[torch.Tensor], torch.Tensor], ids: np.ndarray, device: torch.device,
-                     chunk_overhead: int = 512) -> torch.Tensor:
+                     chunk_overhead: int = 512, packs: bool = False) -> torch.Tensor:
     """Encode rows int [N, L] in length-sorted chunks (``length_chunks``) so each chunk's
     padding is trimmed (anchors are length-grouped but their same-target partners are not).
-    Returns float [N, d] in the original row order; each row's output is unchanged."""
+    With ``packs`` (an encoder that groups rows by length itself: SASRec's ``pack_tokens``)
+    the whole batch goes through one call. Returns float [N, d] in the original row order;
+    each row's output is unchanged."""
+    if packs:
+        return net(to_tensor(ids, device))
     lengths = (ids != 0).sum(axis=1)
     chunks = length_chunks(lengths, chunk_overhead)
     order = np.concatenate(chunks)
@@ -173,7 +142,7 @@ def train_epoch(
         ids = np.concatenate([table.inputs[b], partner_table.inputs[p]], axis=0)
         ctx = autocast() if autocast is not None else torch.autocast("cpu", enabled=False)
         with ctx:  # type: ignore[attr-defined]
-            z = encode_by_length(net, ids, device)
+            z = encode_by_length(net, ids, device, packs=bool(getattr(encoder, "packs_tokens", False)))
         z = z.float()
         bsz = len(b)
         parts = loss_fn(
