@@ -122,7 +122,7 @@ class TrainConfig:
     length_grouping: bool = _f(True, "Group batches by input length (exact speed-up).")
     length_bucket_batches: int = _f(64, "Batches per length-sorting window of the shuffled epoch.")
     threads: int = _f(0, "torch intra-op threads; 0 keeps torch's default.")
-    trim_every: int = _f(100, "Return freed heap pages to the OS (glibc malloc_trim) every N steps, as well as "
+    trim_every: int = _f(25, "Return freed heap pages to the OS (glibc malloc_trim) every N steps, as well as "
                               "between phases; 0 = between phases only. Bounds the resident size on CPU.")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto, cpu or cuda.")
     progress: bool = _f(True, "Show a per-epoch progress bar.")

@@ -193,3 +193,7 @@ def test_packed_encoder_equals_plain_computation_and_gradients(last, overhead):
     for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-5), name
     assert fast.packs_tokens and not plain.packs_tokens
+    with torch.no_grad():  # forward packs in training (dropout is off here) and trims in eval
+        assert torch.allclose(fast(ids), ref, atol=1e-5)
+        fast.eval()
+        assert not fast.packs_tokens and torch.allclose(fast(ids), ref, atol=1e-5)
