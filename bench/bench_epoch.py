@@ -2,13 +2,16 @@
 """One FENRec epoch on Beauty after the warm-up (hard + noise negatives on), by phase.
 
     .venv/bin/python bench/bench_epoch.py [--data ../shared/data/Beauty.txt] [--threads 2] [--set k=v ...]
+                                          [--baseline REV]
 
 Prepares Beauty into a temp dir, then runs one epoch of the single-process path with
 ``negatives.warmup_epochs=0`` (so the epoch takes the post-warm-up path), including the
 intent clustering pass and validation, and reports each phase, samples/s and the peak RSS
 of the whole process, also per phase (a thread samples the resident size every 50 ms and
 the phase functions are wrapped to label the samples: setup = loading before the first
-phase, between = the time after each phase until the next). Writes bench/results/epoch.json.
+phase, between = the time after each phase until the next). ``--baseline REV`` first runs
+the same epoch on REV's code (``bench/_baseline.py``: a temporary git worktree) and adds
+its phases, peak RSS and the ratios. Writes bench/results/epoch.json.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _baseline import run_at_revision  # noqa: E402
 from _result import write_result  # noqa: E402  (bench/ is the script's own folder)
 
 
@@ -34,11 +38,17 @@ def main() -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "beauty.yaml"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--baseline", default="", help="a git revision to time first, on the same data")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "epoch.json"))
     args = ap.parse_args()
     if not Path(args.data).exists():
         print(f"skip: {args.data} not found")
         return 0
+    baseline = None
+    if args.baseline:
+        baseline = run_at_revision(args.baseline, "bench_epoch.py",
+                                   ["--threads", str(args.threads), "--data", str(Path(args.data).resolve())]
+                                   + [x for o in args.overrides for x in ("--set", o)], config=args.config)
     import torch
 
     from fenrec_dist.config import load_config
@@ -97,6 +107,11 @@ def main() -> int:
         "trim_every": cfg.train.trim_every, "valid_after_1_epoch": rec["valid"], "loss": rec["loss"],
         "reference_here_s": {"train": 314, "cluster": "26-30", "eval": 7, "epoch": 350, "peak_rss_gib": 5.3},
     }
+    if baseline is not None:
+        out["baseline"] = {"rev": args.baseline, **{k: baseline[k] for k in (
+            "phases_s", "samples_per_s", "peak_rss_mib", "peak_rss_mib_by_phase", "trim_every")}}
+        out["epoch_ratio_new_over_baseline"] = round(out["phases_s"]["epoch"] / baseline["phases_s"]["epoch"], 3)
+        out["train_ratio_new_over_baseline"] = round(out["phases_s"]["train"] / baseline["phases_s"]["train"], 3)
     return write_result(args.out, out)
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _baseline import run_at_revision  # noqa: E402
 from _result import write_result  # noqa: E402  (bench/ is the script's own folder)
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -89,27 +90,9 @@ class TreeMemory:
 
 def run_baseline(args: argparse.Namespace) -> dict:
     """This script's 2-worker epoch on ``args.baseline``'s code, in a temporary git worktree."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline],
-                       check=True, capture_output=True)
-        try:
-            (tree / "bench").mkdir(exist_ok=True)
-            for name in ("bench_epoch_workers.py", "_result.py"):  # older revisions lack them
-                (tree / "bench" / name).write_text((ROOT / "bench" / name).read_text())
-            out = Path(tmp) / "baseline.json"
-            config = Path(args.config).resolve()
-            if config.is_relative_to(ROOT) and (tree / config.relative_to(ROOT)).exists():
-                config = tree / config.relative_to(ROOT)  # the revision's own config
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            subprocess.run([sys.executable, str(tree / "bench" / "bench_epoch_workers.py"), "--workers",
-                            str(args.workers), "--data", str(Path(args.data).resolve()), "--config",
-                            str(config), "--out", str(out)]
-                           + [x for o in args.overrides for x in ("--set", o)], check=True, env=env, cwd=tree)
-            return json.loads(out.read_text())
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False,
-                           capture_output=True)
+    return run_at_revision(args.baseline, "bench_epoch_workers.py",
+                           ["--workers", str(args.workers), "--data", str(Path(args.data).resolve())]
+                           + [x for o in args.overrides for x in ("--set", o)], config=args.config)
 
 
 def main() -> int:
