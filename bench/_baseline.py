@@ -27,7 +27,7 @@ def run_at_revision(rev: str, script: str, args: list[str], config: str | None =
                        check=True, capture_output=True)
         try:
             (tree / "bench").mkdir(exist_ok=True)
-            for name in (script, "_result.py"):
+            for name in (script, "_result.py", "_baseline.py"):
                 (tree / "bench" / name).write_text((ROOT / "bench" / name).read_text())
             extra: list[str] = []
             if config is not None:
