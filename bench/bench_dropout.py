@@ -69,7 +69,7 @@ def main() -> int:
     cpu = torch.device("cpu")
 
     def encode(ids: np.ndarray) -> None:
-        encode_by_length(model, ids, cpu).sum().backward()
+        encode_by_length(model, ids, cpu, packs=model.packs_tokens).sum().backward()
 
     # (1) the dropout calls of one step, replayed
     shapes: list[tuple[int, ...]] = []
