@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,16 +48,13 @@ def main() -> int:
     import torch
 
     import fenrec_dist.model.dropout as D
-    from bench_step import Arm, epoch0_batches
-    from fenrec_dist.data.prepare import prepare
+    from bench_step import epoch0_batches, prepared_arm
     from fenrec_dist.train.batches import epoch_rng
     from fenrec_dist.train.loop import encode_by_length
 
     torch.set_num_threads(args.threads)
     variants = {"rand_like": rand_like_dropout, "byte_lanes": D.dropout}
-    with tempfile.TemporaryDirectory() as tmp:
-        prepare(args.data, Path(tmp) / "data")
-        arm = Arm("fenrec_dist", args.config, [], str(Path(tmp) / "data"), None, None)
+    arm = prepared_arm(args.data, args.config)
     d, model = arm.data.train, arm.model
     model.train()
     rng = epoch_rng(0, 0, 1000)

@@ -78,6 +78,16 @@ class Arm:
         return time.perf_counter() - t0, time.process_time() - c0, res.losses
 
 
+def prepared_arm(data: str, config: str, overrides: list[str] | None = None) -> Arm:
+    """An Arm of this checkout's package on ``data`` (a raw dataset file) prepared into a temporary
+    directory; the prepared tables are loaded into memory, so the directory is gone on return."""
+    from fenrec_dist.data.prepare import prepare
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare(data, Path(tmp) / "data")
+        return Arm("fenrec_dist", config, list(overrides or []), str(Path(tmp) / "data"), None, None)
+
+
 def fit_intents(arm: Arm):  # type: ignore[no-untyped-def]
     """k-means intents of ``arm``'s initial model over the training set; sets ``arm.intents``
     and returns the centroids (to hand to another arm)."""

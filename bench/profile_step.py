@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,22 +42,19 @@ def main() -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from bench_step import Arm, epoch0_batches, fit_intents
-    from fenrec_dist.data.prepare import prepare
+    from bench_step import epoch0_batches, fit_intents, prepared_arm
 
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        prepare(args.data, Path(tmp) / "data")
-        arm = Arm("fenrec_dist", args.config, [], str(Path(tmp) / "data"), None, None)
-        fit_intents(arm)
-        batches = epoch0_batches(arm)
-        for i in range(5):
+    arm = prepared_arm(args.data, args.config)
+    fit_intents(arm)
+    batches = epoch0_batches(arm)
+    for i in range(5):
+        arm.run(batches[i], seed=i)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
+        t0 = time.perf_counter()
+        for i in range(5, 5 + args.steps):
             arm.run(batches[i], seed=i)
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
-            t0 = time.perf_counter()
-            for i in range(5, 5 + args.steps):
-                arm.run(batches[i], seed=i)
-            wall = time.perf_counter() - t0
+        wall = time.perf_counter() - t0
     events = prof.key_averages(group_by_input_shape=args.shapes)
     total_us = sum(e.self_cpu_time_total for e in events)
     rows = sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]

@@ -68,6 +68,11 @@ class Chunk:
     flat: torch.Tensor
     pad: torch.Tensor
 
+    @property
+    def dense(self) -> bool:
+        """True when no cell is padding (all rows of one length): the tokens are the grid."""
+        return self.end - self.start == self.rows * self.length
+
 
 @dataclass
 class PackPlan:

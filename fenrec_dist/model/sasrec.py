@@ -30,6 +30,18 @@ from fenrec_dist.model.packing import PackPlan
 _MASKED = -10000.0  # the reference's additive mask value (exp underflows to exactly 0 in fp32)
 
 
+def additive_mask(keys: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    """Additive attention mask from keys bool [B, L] (True = a real item): float [B, 1, L, L],
+    0 where a query may attend (causal, real keys) and -1e4 elsewhere; with ``last_only`` the
+    last query's row [B, 1, 1, L] (every real key).
+    """
+    allowed = keys[:, None, None, :]  # [B, 1, 1, L]
+    if not last_only:
+        l = keys.shape[1]
+        allowed = allowed & torch.ones(l, l, dtype=torch.bool, device=keys.device).tril()[None, None]
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=keys.device).masked_fill_(~allowed, _MASKED)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, hidden: int, heads: int, attn_dropout: float, dropout: float) -> None:
         super().__init__()
@@ -129,13 +141,7 @@ class SASRec(SequenceEncoder):
     @staticmethod
     def attention_mask(ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """Additive mask float [B, 1, L, L] (or [B, 1, 1, L]): causal and key padding."""
-        l = ids.shape[1]
-        keys = (ids > 0)[:, None, None, :]  # [B,1,1,L]
-        causal = torch.ones(l, l, dtype=torch.bool, device=ids.device).tril()
-        allowed = keys & causal[None, None]  # [B,1,L,L]
-        mask = torch.zeros(allowed.shape, dtype=torch.float32, device=ids.device)
-        mask.masked_fill_(~allowed, _MASKED)
-        return mask[:, :, -1:, :] if last_only else mask
+        return additive_mask(ids > 0, last_only)
 
     def sequence_output(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Plain computation: float [B, L, d] outputs at every position (no speed-ups)."""
@@ -184,32 +190,30 @@ class SASRec(SequenceEncoder):
         x = self.emb_dropout(self.emb_norm(self.item_emb(plan.token_ids) + self.pos_emb(plan.token_pos)))
         d = x.shape[1]
         n = len(self.blocks)
+        masks: dict[bool, list[torch.Tensor]] = {}  # per chunk, shared by the blocks: last_only -> masks
         for i, block in enumerate(self.blocks):
             att = block.attn
             last_only = self.cfg.last_position_only and i == n - 1
+            if last_only not in masks:
+                masks[last_only] = [additive_mask(~c.pad, last_only) for c in plan.chunks]
             projs = [att.key, att.value] if last_only else [att.query, att.key, att.value]
             packed = F.linear(x, torch.cat([p.weight for p in projs]), torch.cat([p.bias for p in projs]))
+            width = packed.shape[1]
             q_in = x[plan.last] if last_only else x
             q_last = att.query(q_in) if last_only else None
             outs, row = [], 0
-            for c in plan.chunks:
-                width = packed.shape[1]
-                grid = packed[c.start:c.end]  # a chunk of equal lengths is its own grid
-                if c.end - c.start < c.rows * c.length:  # in place into a fresh buffer: one copy
+            for c, mask in zip(plan.chunks, masks[last_only]):
+                grid = packed[c.start:c.end]  # a chunk without padding is its own grid
+                if not c.dense:  # in place into a fresh buffer: one copy
                     grid = packed.new_zeros(c.rows * c.length, width).index_copy_(0, c.flat, grid)
                 parts = grid.view(c.rows, c.length, width // d, att.heads, att.head_dim).transpose(1, 3)  # [B,h,P,L,dh]
-                allowed = ~c.pad[:, None, None, :]  # [B, 1, 1, L] real keys
                 if last_only:
                     k, v = parts[:, :, 0], parts[:, :, 1]
                     q = q_last[row:row + c.rows].view(c.rows, att.heads, 1, att.head_dim)
                 else:
                     q, k, v = parts[:, :, 0], parts[:, :, 1], parts[:, :, 2]
-                    causal = torch.ones(c.length, c.length, dtype=torch.bool, device=x.device).tril()
-                    allowed = allowed & causal
-                mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed, _MASKED)
                 ctx = att.attend(q, k, v, mask).transpose(1, 2).reshape(-1, d)  # [B * Lq, d]
-                full = c.end - c.start == c.rows * c.length
-                outs.append(ctx if last_only or full else ctx.index_select(0, c.flat))
+                outs.append(ctx if last_only or c.dense else ctx.index_select(0, c.flat))
                 row += c.rows
             ctx = outs[0] if len(outs) == 1 else torch.cat(outs)
             x = block.ff(att.finish(ctx, q_in))
