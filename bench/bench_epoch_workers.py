@@ -10,8 +10,11 @@ workers with one CPU and one torch thread each and the global batch of the confi
 rows of its own samples (``losses/fenrec.py``), so the work divides between them.
 
 Reports each phase as the workers timed it (cluster, train, eval, epoch), the wall time of the
-whole job (Ray start-up included), and peak resident memory sampled every 250 ms: of each
-training worker, and of the whole process tree (driver, Ray's daemons, workers).
+whole job (Ray start-up included), peak resident memory sampled every 250 ms (of each
+training worker, and of the whole process tree: driver, Ray's daemons, workers), and the CPU
+seconds and niceness of each process of that tree (sampled every 5 s, so a process's last
+few seconds may be missing), and the cores each kind of process used in the middle of the
+job (30-80% of its wall time, inside the training phase).
 ``--single`` first runs ``bench/bench_epoch.py --threads W`` in a subprocess, so the two paths
 are timed in the same run on the same machine. ``--baseline REV`` first runs this script on
 REV's code (a temporary ``git worktree``, its package first on PYTHONPATH, which Ray's workers
@@ -41,8 +44,23 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".venv" / "torch_extens
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+def process_label(cmdline: list[str]) -> str:
+    """A short name for a process of the tree: the Ray actor or daemon, or the script run."""
+    if not cmdline:
+        return "?"
+    first = cmdline[0]
+    if first.startswith("ray::"):
+        return first.split()[0]
+    name = Path(first.split()[0]).name
+    if name.startswith("python") and len(cmdline) > 1:
+        arg = next((a for a in cmdline[1:] if not a.startswith("-")), cmdline[1])
+        return f"python {Path(arg).name}"
+    return name
+
+
 class TreeMemory:
-    """Samples the resident memory of this process and all its descendants."""
+    """Samples the resident memory of this process and all its descendants, and the CPU
+    time each of them used (by ``process_label``), with its niceness."""
 
     def __init__(self, interval: float = 0.25) -> None:
         import psutil
@@ -51,6 +69,9 @@ class TreeMemory:
         self.interval = interval
         self.peak_tree_mib = 0.0
         self.peak_worker_mib: dict[int, float] = {}
+        self.cpu_s: dict[int, tuple[str, int, float]] = {}  # pid -> (label, nice, CPU seconds so far)
+        self.cpu_trace: dict[int, list[tuple[float, float]]] = {}  # pid -> [(time, CPU seconds)]
+        self.t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -63,6 +84,10 @@ class TreeMemory:
                 for p in [me] + me.children(recursive=True):
                     try:  # names are re-read: a Ray worker renames itself once it runs an actor
                         procs[p.pid] = (p, " ".join(p.cmdline()[:1]))
+                        cpu = p.cpu_times()
+                        self.cpu_s[p.pid] = (process_label(p.cmdline()), p.nice(), cpu.user + cpu.system)
+                        self.cpu_trace.setdefault(p.pid, []).append((time.perf_counter() - self.t0,
+                                                                     cpu.user + cpu.system))
                     except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
                         continue
             total = 0.0
@@ -78,6 +103,27 @@ class TreeMemory:
             self.peak_tree_mib = max(self.peak_tree_mib, total)
             tick += 1
             self._stop.wait(self.interval)
+
+    def cpu_by_label(self) -> dict[str, dict[str, float]]:
+        """CPU seconds (as last sampled, every 5 s) and niceness per process label, largest first."""
+        out: dict[str, dict[str, float]] = {}
+        for label, nice, sec in self.cpu_s.values():
+            row = out.setdefault(label, {"cpu_s": 0.0, "processes": 0, "nice": nice})
+            row["cpu_s"] = round(row["cpu_s"] + sec, 1)
+            row["processes"] += 1
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]["cpu_s"]))
+
+    def cores_in_window(self, start: float, end: float) -> dict[str, float]:
+        """Average cores used per process label between ``start`` and ``end`` seconds after the
+        sampler started (CPU-time deltas between the samples nearest inside the window)."""
+        out: dict[str, float] = {}
+        for pid, trace in self.cpu_trace.items():
+            inside = [(t, c) for t, c in trace if start <= t <= end]
+            if len(inside) < 2:
+                continue
+            label = self.cpu_s[pid][0]
+            out[label] = out.get(label, 0.0) + (inside[-1][1] - inside[0][1]) / (end - start)
+        return {k: round(v, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
     def __enter__(self) -> "TreeMemory":
         self._thread.start()
@@ -149,6 +195,10 @@ def main() -> int:
         "job_wall_s": round(wall, 1), "worker_startup_s": {k: round(v, 2) for k, v in rec.get("startup", {}).items()},
         "peak_rss_mib_per_worker": sorted(round(v) for v in mem.peak_worker_mib.values()),
         "peak_rss_mib_process_tree": round(mem.peak_tree_mib),
+        "cpu_s_by_process": mem.cpu_by_label(),
+        # the middle of the job is inside the training phase (start-up and the final
+        # evaluation are outside it): the cores each kind of process used then
+        "cores_by_process_mid_job": mem.cores_in_window(0.3 * wall, 0.8 * wall),
         "valid_after_1_epoch": rec["valid"], "loss": rec["loss"],
     }
     if baseline is not None:
