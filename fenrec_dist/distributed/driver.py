@@ -95,7 +95,7 @@ def make_callback(run_dir: Path, cfg: Config):  # type: ignore[no-untyped-def]
                 self.log = MetricsLog(run_dir)
                 self.log.truncate(int(rec["epoch"]))
             self.log.write(rec)
-            print(progress_line(rec, cfg.train.epochs, cfg.eval.metric), flush=True)
+            print(progress_line(rec, cfg.train.epochs, cfg.eval.metric, cfg.train.patience), flush=True)
 
     return ProgressCallback()
 

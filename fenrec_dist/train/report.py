@@ -15,12 +15,26 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def progress_line(rec: dict[str, Any], max_epochs: int, metric: str) -> str:
-    """One human-readable line per epoch from a metrics record."""
+def eta_text(rec: dict[str, Any], max_epochs: int, metric: str, patience: int | None = None) -> str:
+    """Time left at this epoch's pace: to the early stop that comes if ``metric`` does not
+    improve (the best epoch plus ``patience``), and at most to ``max_epochs``."""
+    per_epoch = rec.get("time", {}).get("epoch", 0.0)
+    last = max_epochs - 1
+    cap = f"ETA<={format_duration(per_epoch * max(0, last - rec['epoch']))}"
+    best_epoch = rec.get("best_epoch", -1)
+    if patience is None or best_epoch < 0 or best_epoch + patience >= last:
+        return cap
+    stop = best_epoch + patience  # EarlyStopping: patience epochs without a new best
+    return (f"ETA {format_duration(per_epoch * max(0, stop - rec['epoch']))} to the early stop after epoch {stop}"
+            f" unless {metric} improves ({cap})")
+
+
+def progress_line(rec: dict[str, Any], max_epochs: int, metric: str, patience: int | None = None) -> str:
+    """One human-readable line per epoch from a metrics record (``patience``: early stopping's,
+    for the ETA to the stop it would bring)."""
     loss = rec.get("loss", {})
     val = rec.get("valid", {})
     phases = rec.get("time", {})
-    eta = phases.get("epoch", 0.0) * max(0, max_epochs - rec["epoch"] - 1)
     parts = [
         f"epoch {rec['epoch']:>3}",
         "loss " + " ".join(f"{k}={v:.4f}" for k, v in loss.items()),
@@ -28,7 +42,7 @@ def progress_line(rec: dict[str, Any], max_epochs: int, metric: str) -> str:
         " ".join(f"{k}={v:.4f}" for k, v in val.items() if k in ("HR@20", "NDCG@20", "MRR")),
         "time " + " ".join(f"{k}={v:.1f}s" for k, v in phases.items()),
         f"best {metric}={rec.get('best', float('nan')):.4f}@{rec.get('best_epoch', -1)}",
-        f"ETA<={format_duration(eta)}",
+        eta_text(rec, max_epochs, metric, patience),
     ]
     neg = rec.get("negatives")
     if neg:

@@ -155,7 +155,7 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
         log_file.write(rec)
         save_state(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "early_stopping": stopper.state_dict(), "epoch": epoch + 1, "rng": rng_state()})
-        log(progress_line(rec, cfg.train.epochs, cfg.eval.metric))
+        log(progress_line(rec, cfg.train.epochs, cfg.eval.metric, cfg.train.patience))
     log_file.close()
     plot_curves(run_dir, cfg.eval.metric)
     return finish(run_dir, cfg, data, device, log)
