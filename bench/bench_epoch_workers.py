@@ -69,9 +69,9 @@ class TreeMemory:
         self.interval = interval
         self.peak_tree_mib = 0.0
         self.peak_worker_mib: dict[int, float] = {}
-        self.cpu_s: dict[int, tuple[str, int, float]] = {}  # pid -> (label, nice, CPU seconds so far)
-        self.cpu_trace: dict[int, list[tuple[float, float]]] = {}  # pid -> [(time, CPU seconds)]
-        self.t0 = time.perf_counter()
+        self.labels: dict[int, tuple[str, int]] = {}  # pid -> (process_label, niceness)
+        self.cpu_trace: dict[int, list[tuple[float, float]]] = {}  # pid -> [(seconds since start, CPU seconds)]
+        self.t0 = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -83,9 +83,10 @@ class TreeMemory:
             if tick % 20 == 0:  # new processes are looked for every 20 samples: the walk costs CPU
                 for p in [me] + me.children(recursive=True):
                     try:  # names are re-read: a Ray worker renames itself once it runs an actor
-                        procs[p.pid] = (p, " ".join(p.cmdline()[:1]))
+                        cmdline = p.cmdline()
                         cpu = p.cpu_times()
-                        self.cpu_s[p.pid] = (process_label(p.cmdline()), p.nice(), cpu.user + cpu.system)
+                        procs[p.pid] = (p, " ".join(cmdline[:1]))
+                        self.labels[p.pid] = (process_label(cmdline), p.nice())
                         self.cpu_trace.setdefault(p.pid, []).append((time.perf_counter() - self.t0,
                                                                      cpu.user + cpu.system))
                     except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
@@ -107,25 +108,29 @@ class TreeMemory:
     def cpu_by_label(self) -> dict[str, dict[str, float]]:
         """CPU seconds (as last sampled, every 5 s) and niceness per process label, largest first."""
         out: dict[str, dict[str, float]] = {}
-        for label, nice, sec in self.cpu_s.values():
+        for pid, trace in self.cpu_trace.items():
+            label, nice = self.labels[pid]
             row = out.setdefault(label, {"cpu_s": 0.0, "processes": 0, "nice": nice})
-            row["cpu_s"] = round(row["cpu_s"] + sec, 1)
+            row["cpu_s"] = round(row["cpu_s"] + trace[-1][1], 1)
             row["processes"] += 1
         return dict(sorted(out.items(), key=lambda kv: -kv[1]["cpu_s"]))
 
     def cores_in_window(self, start: float, end: float) -> dict[str, float]:
         """Average cores used per process label between ``start`` and ``end`` seconds after the
-        sampler started (CPU-time deltas between the samples nearest inside the window)."""
+        sampler started: each process's CPU-time delta between its first and last sample inside
+        the window, over the time between those samples."""
         out: dict[str, float] = {}
         for pid, trace in self.cpu_trace.items():
             inside = [(t, c) for t, c in trace if start <= t <= end]
             if len(inside) < 2:
                 continue
-            label = self.cpu_s[pid][0]
-            out[label] = out.get(label, 0.0) + (inside[-1][1] - inside[0][1]) / (end - start)
+            label = self.labels[pid][0]
+            (t_a, c_a), (t_b, c_b) = inside[0], inside[-1]
+            out[label] = out.get(label, 0.0) + (c_b - c_a) / (t_b - t_a)
         return {k: round(v, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
     def __enter__(self) -> "TreeMemory":
+        self.t0 = time.perf_counter()
         self._thread.start()
         return self
 
