@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from fenrec_dist.config import ConfigError, describe, dump_yaml, load_config
+from fenrec_dist.config import ConfigError, apply_resume_overrides, describe, dump_yaml, load_config
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -75,15 +75,21 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from fenrec_dist.train.checkpoint import atomic_write_text
     from fenrec_dist.train.single import load_run_config
 
     if args.resume:
-        if args.overrides or args.config:
-            raise ConfigError("--resume continues a run with its saved config; drop --config/--set")
+        if args.config:
+            raise ConfigError("--resume continues a run with its saved config; drop --config")
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise ConfigError(f"{run_dir} holds no run (config.yaml missing)")
         cfg = load_run_config(run_dir)
+        changes = apply_resume_overrides(cfg, args.overrides)
+        if changes:  # the run directory keeps describing how the run goes on
+            atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+            for key, old, new in changes:
+                print(f"resume: {key} {old!r} -> {new!r} (saved to {run_dir / 'config.yaml'})", file=sys.stderr)
     else:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.out) if args.out else Path("runs") / f"{Path(args.config or 'default').stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -172,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (Ray Train workers; --local for one process without Ray)")
     _add_config_args(p)
     p.add_argument("--out", help="run directory (default runs/<config>-<time>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint, with its saved config; --set may "
+                        "change only how it runs (train.threads, train.device, train.epochs, ...: "
+                        "fenrec_dist.config.RESUME_KEYS)")
     p.add_argument("--local", action="store_true", help="train in this process, without Ray or DeepSpeed")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
     p.set_defaults(fn=cmd_train)

@@ -294,6 +294,38 @@ def load_config(
     return cfg
 
 
+#: Keys that ``fenrec train --resume RUN_DIR --set key=value`` may change: how the run is
+#: executed or how far it may go, never what it computes (the model, the objective, the data,
+#: the batches and the early-stopping rule stay those of the run's config.yaml).
+RESUME_KEYS = (
+    "train.threads", "train.progress", "train.trim_every", "train.device", "train.time_limit_min",
+    "train.epochs", "eval.batch_size", "eval.item_chunk",
+)
+
+
+def apply_resume_overrides(cfg: Config, overrides: list[str]) -> list[tuple[str, Any, Any]]:
+    """Apply ``--set`` overrides to a resumed run's config, in place.
+
+    Only ``RESUME_KEYS`` may change; any other key raises ConfigError naming it (a resumed run
+    must continue the computation it started). Returns (key, old value, new value) for every
+    key whose value changed.
+    """
+    changes: list[tuple[str, Any, Any]] = []
+    for ov in overrides:
+        key, value = parse_override(ov)
+        if key not in RESUME_KEYS:
+            raise ConfigError(f"--resume: '{key}' is fixed by the run's config.yaml (it would change what the run "
+                              f"computes); --set may change only {', '.join(RESUME_KEYS)}")
+        section, name = key.split(".")
+        old = getattr(getattr(cfg, section), name)
+        apply_override(cfg, key, value)
+        new = getattr(getattr(cfg, section), name)
+        if new != old:
+            changes.append((key, old, new))
+    validate(cfg)
+    return changes
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a Config from ``to_dict`` output (used by workers and resume)."""
     cfg = Config()

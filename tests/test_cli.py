@@ -60,12 +60,19 @@ def test_sigterm_stops_a_local_run_resumably(tiny_data, tmp_path):
     assert f"fenrec train --resume {run} --local" in err and "Traceback" not in err
     done = len(metrics.read_text().splitlines())
     assert 2 <= done < 40 and (run / "checkpoints" / "last.pt").exists() and not (run / "final.json").exists()
+    # --resume refuses to change what the run computes, and leaves the run as it was
+    saved = (run / "config.yaml").read_text()
+    res = subprocess.run([sys.executable, "-m", "fenrec_dist.cli", "train", "--resume", str(run), "--local",
+                          "--set", "train.threads=1", "--set", "loss.gamma=0.3"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2 and "'loss.gamma' is fixed by the run's config.yaml" in res.stderr, res.stderr
+    assert (run / "config.yaml").read_text() == saved and len(metrics.read_text().splitlines()) == done
     # continue it, now for only a few more epochs (the saved config says 40: cut it with the time limit)
-    cfg_text = (run / "config.yaml").read_text().replace("time_limit_min: 0.0", "time_limit_min: 1.0e-06")
-    (run / "config.yaml").write_text(cfg_text)
-    res = subprocess.run([sys.executable, "-m", "fenrec_dist.cli", "train", "--resume", str(run), "--local"],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-m", "fenrec_dist.cli", "train", "--resume", str(run), "--local",
+                          "--set", "train.time_limit_min=1e-6"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+    assert "resume: train.time_limit_min 0.0 -> 1e-06" in res.stderr
+    assert (run / "config.yaml").read_text() == saved.replace("time_limit_min: 0.0", "time_limit_min: 1.0e-06")
     recs = [json.loads(l) for l in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in recs] == list(range(done + 1))  # one more epoch, none lost or repeated
     assert (run / "final.json").exists()

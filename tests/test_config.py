@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fenrec_dist.config import ConfigError, config_from_dict, describe, load_config, to_dict
+from fenrec_dist.config import RESUME_KEYS, ConfigError, apply_resume_overrides, config_from_dict, describe, load_config, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,3 +75,18 @@ def test_float_keys_accept_exponent_notation():
     assert cfg.train.lr == 1e-4 and cfg.train.time_limit_min == 25.0
     with pytest.raises(ConfigError, match="train.lr"):
         load_config(None, ["train.lr=fast"])
+
+
+def test_resume_overrides_change_only_how_the_run_goes():
+    cfg = load_config(ROOT / "configs" / "beauty.yaml")
+    before = to_dict(cfg)
+    changes = apply_resume_overrides(cfg, ["train.threads=2", "train.epochs=500", "train.progress=true"])
+    assert changes == [("train.threads", 0, 2), ("train.epochs", 400, 500)]  # progress was already true
+    after = to_dict(cfg)
+    assert {s: {k: v for k, v in sec.items() if before[s][k] != v} for s, sec in after.items()} == {
+        s: ({"threads": 2, "epochs": 500} if s == "train" else {}) for s in after}
+    with pytest.raises(ConfigError, match=r"'negatives.lam_min' is fixed by the run's config.yaml"):
+        apply_resume_overrides(cfg, ["negatives.lam_min=0.1"])
+    with pytest.raises(ConfigError, match="train.device"):  # a resume key still gets its type check
+        apply_resume_overrides(cfg, ["train.device=tpu"])
+    assert all(k.count(".") == 1 for k in RESUME_KEYS)
