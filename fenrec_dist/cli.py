@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (Ray Train workers; --local for one process without Ray)")
     _add_config_args(p)
     p.add_argument("--out", help="run directory (default runs/<config>-<time>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint, with its saved config; --set may "
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from its last checkpoint with its saved config; --set may "
                         "change only how it runs (train.threads, train.device, train.epochs, ...: "
                         "fenrec_dist.config.RESUME_KEYS)")
     p.add_argument("--local", action="store_true", help="train in this process, without Ray or DeepSpeed")

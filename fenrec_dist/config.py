@@ -310,20 +310,20 @@ def apply_resume_overrides(cfg: Config, overrides: list[str]) -> list[tuple[str,
     must continue the computation it started). Returns (key, old value, new value) for every
     key whose value changed.
     """
-    changes: list[tuple[str, Any, Any]] = []
+    def value_of(key: str) -> Any:
+        section, name = key.split(".")
+        return getattr(getattr(cfg, section), name)
+
+    before: dict[str, Any] = {}
     for ov in overrides:
         key, value = parse_override(ov)
         if key not in RESUME_KEYS:
             raise ConfigError(f"--resume: '{key}' is fixed by the run's config.yaml (it would change what the run "
                               f"computes); --set may change only {', '.join(RESUME_KEYS)}")
-        section, name = key.split(".")
-        old = getattr(getattr(cfg, section), name)
+        before.setdefault(key, value_of(key))
         apply_override(cfg, key, value)
-        new = getattr(getattr(cfg, section), name)
-        if new != old:
-            changes.append((key, old, new))
     validate(cfg)
-    return changes
+    return [(k, old, value_of(k)) for k, old in before.items() if value_of(k) != old]
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

@@ -80,7 +80,8 @@ def test_float_keys_accept_exponent_notation():
 def test_resume_overrides_change_only_how_the_run_goes():
     cfg = load_config(ROOT / "configs" / "beauty.yaml")
     before = to_dict(cfg)
-    changes = apply_resume_overrides(cfg, ["train.threads=2", "train.epochs=500", "train.progress=true"])
+    changes = apply_resume_overrides(cfg, ["train.threads=1", "train.epochs=500", "train.progress=true",
+                                           "train.threads=2"])
     assert changes == [("train.threads", 0, 2), ("train.epochs", 400, 500)]  # progress was already true
     after = to_dict(cfg)
     assert {s: {k: v for k, v in sec.items() if before[s][k] != v} for s, sec in after.items()} == {
