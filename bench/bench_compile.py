@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _result import write_result  # noqa: E402  (bench/ is the script's own folder)
+from _timing import interleaved  # noqa: E402
 
 
 def plain_coarse(z1, z2, groups, noise, lam: float, weight: float, tau: float, margin: float):  # type: ignore[no-untyped-def]
@@ -62,19 +63,6 @@ def plain_coarse(z1, z2, groups, noise, lam: float, weight: float, tau: float, m
     parts = [pos_l[:, None], neg(sims).masked_fill(mask, -math.inf),
              (neg(hard) + math.log(weight)).masked_fill(mask, -math.inf), neg(z @ noise.t())]
     return (torch.logsumexp(torch.cat(parts, 1), 1) - pos_l).mean()
-
-
-def interleaved(arms: dict, reps: int, inner: int) -> dict[str, list[float]]:  # type: ignore[type-arg]
-    """ms per call of each arm, ``reps`` rounds of ``inner`` calls, order alternated."""
-    times: dict[str, list[float]] = {k: [] for k in arms}
-    names = list(arms)
-    for r in range(reps):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                arms[name]()
-            times[name].append(1000 * (time.perf_counter() - t0) / inner)
-    return times
 
 
 def summary(times: dict[str, list[float]], base: str, new: str) -> dict:  # type: ignore[type-arg]

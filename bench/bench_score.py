@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _result import write_result  # noqa: E402  (bench/ is the script's own folder)
+from _timing import interleaved  # noqa: E402
 
 
 def main() -> int:
@@ -46,20 +46,12 @@ def main() -> int:
     res: dict = {"command": " ".join(sys.argv), "threads": args.threads, "cpu_vendor": vendor,
                  "onednn_available": sl._LINEAR is not None, "ms_median": {}}
 
-    def timed(fn) -> float:  # type: ignore[no-untyped-def]
-        t = time.perf_counter()
-        fn()
-        return 1000 * (time.perf_counter() - t)
-
     for b in (256, 1024):
         z = torch.randn(b, args.dim, generator=g)
         arms = {"mkl_matmul": lambda: z @ w.t(), "score_items": lambda: sl.score_items(z, w)}
         for f in arms.values():
             f()
-        times: dict[str, list[float]] = {k: [] for k in arms}
-        for i in range(args.reps):
-            for k in (list(arms) if i % 2 == 0 else list(reversed(arms))):
-                times[k].append(timed(arms[k]))
+        times = interleaved(arms, args.reps)
         res["ms_median"][f"product_B{b}"] = {k: round(statistics.median(v), 2) for k, v in times.items()}
 
     b = 256
@@ -76,20 +68,13 @@ def main() -> int:
         finally:
             sl._LINEAR = fast
 
-    times = {"mkl_matmul": [], "score_items": []}
-    for i in range(args.reps):
-        order = [("mkl_matmul", False), ("score_items", True)]
-        for k, flag in (order if i % 2 == 0 else list(reversed(order))):
-            times[k].append(timed(lambda: ce(flag)))
+    times = interleaved({"mkl_matmul": lambda: ce(False), "score_items": lambda: ce(True)}, args.reps)
     res["ms_median"]["soft_label_ce_fwd_bwd_B256"] = {k: round(statistics.median(v), 2) for k, v in times.items()}
     from fenrec_dist.losses.shaping import tanh_scaled
 
     sims = torch.randn(512, 512, generator=g) * 20  # a contrast block: 2B x 2B similarities
     arms = {"torch_tanh": lambda: torch.div(sims, 8.0).tanh_(), "tanh_scaled": lambda: tanh_scaled(sims, 8.0)}
-    times = {k: [] for k in arms}
-    for i in range(args.reps * 10):
-        for k in (list(arms) if i % 2 == 0 else list(reversed(arms))):
-            times[k].append(timed(arms[k]))
+    times = interleaved(arms, args.reps * 10)
     res["ms_median"]["tanh_512x512"] = {k: round(statistics.median(v), 3) for k, v in times.items()}
     return write_result(args.out, res)
 
