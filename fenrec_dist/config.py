@@ -65,6 +65,9 @@ class LossConfig:
     lambda_coarse: float = _f(0.3, "Weight lambda_0 of the coarse-grained intent contrast.")
     beta_fine: float = _f(0.1, "Weight beta_0 of the fine-grained intent contrast.")
     temperature: float = _f(1.0, "Softmax temperature of the contrastive losses.")
+    dedup_intents: bool = _f(
+        True, "Exact speed-up of the fine term: each intent's centroid once per batch (B + U rows, not 2B); "
+        "used in one process with a fixed lam and no index negatives, else the full batch.")
 
 
 @dataclass

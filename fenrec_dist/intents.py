@@ -60,13 +60,17 @@ class IntentClusters:
         _, idx = self.index.search(np.ascontiguousarray(reprs, dtype=np.float32), 1)
         return idx[:, 0]
 
+    def normed(self, device: torch.device | str) -> torch.Tensor:
+        """float32 [k, d]: the L2-normalised centroids on ``device`` (copied there once)."""
+        key = str(device)
+        if key not in self._normed_on:
+            self._normed_on[key] = self._normed.to(device)
+        return self._normed_on[key]
+
     def assign(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z float [B, d] -> (intent ids long [B], normalised centroids float [B, d]) on z's device."""
         ids = torch.from_numpy(self.assign_numpy(z.detach().float().cpu().numpy())).to(z.device)
-        key = str(z.device)
-        if key not in self._normed_on:
-            self._normed_on[key] = self._normed.to(z.device)
-        return ids, self._normed_on[key][ids].to(z.dtype)
+        return ids, self.normed(z.device)[ids].to(z.dtype)
 
     def sizes(self, reprs: np.ndarray) -> np.ndarray:
         """int64 [k]: cluster sizes of the given representations."""

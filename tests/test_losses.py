@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -407,3 +408,139 @@ def test_row_split_contrast_shares_add_up_to_the_global_loss(monkeypatch):
         assert shapes == [(2 * b, 4 * b)] * 3  # this process's rows only, against every column
         shares += float(parts.objective - parts.rec) / 2
     assert shares == pytest.approx(0.7 * float(single.coarse) + 0.2 * float(single.fine), rel=1e-5)
+
+
+# ------------------------------------------- the fine term's distinct centroids; one coarse pass
+
+
+def test_column_log_weight_equals_repeating_the_column_and_pos_none_is_the_negatives_alone():
+    from fenrec_dist.losses.intent_contrast import denominator_lse, denominator_lse_plain
+
+    g = torch.Generator().manual_seed(21)
+    n = 7
+    pos = torch.randn(n, generator=g, dtype=torch.float64) * 3
+    cols = (torch.randn(n, 4, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    counts = torch.tensor([1, 3, 2, 1])
+    mask = torch.rand(n, 4, generator=g) < 0.2
+    mask[:, 0] = False  # every row keeps a negative
+    shaping = Shaping(True, tau=8.0, margin=0.2)
+    weighted = [NegativeBlock(cols, 0.1, mask, counts.double().log())]
+    for p in (pos, None):
+        repeated = [NegativeBlock(cols.repeat_interleave(counts, dim=1), 0.1, mask.repeat_interleave(counts, dim=1))]
+        fast = denominator_lse(p, weighted, shaping)
+        want = denominator_lse_plain(p, repeated, shaping)
+        assert torch.allclose(fast, want, atol=1e-12)
+        assert torch.allclose(denominator_lse_plain(p, weighted, shaping), want, atol=1e-12)
+        assert torch.allclose(_grads(fast.sum(), [cols])[0], _grads(want.sum(), [cols])[0], atol=1e-12)
+    # with the positive: logaddexp(pos, negatives alone)
+    assert torch.allclose(denominator_lse(pos, weighted, shaping),
+                          torch.logaddexp(pos, denominator_lse(None, weighted, shaping)), atol=1e-12)
+
+
+def test_hard_negative_logits_reuse_the_callers_gram_without_writing_it():
+    g = torch.Generator().manual_seed(22)
+    a = (torch.randn(9, 5, generator=g) * 4).requires_grad_(True)
+    k = torch.randn(11, 5, generator=g) * 4
+    for lam in (0.4, sample_lam((9, 11), 0.2, 0.6, g)):
+        gram = a.detach() @ k.t()
+        kept = gram.clone()
+        c = torch.randn(9, 11, generator=g)
+        own = hard_negative_logits(a, k, lam)
+        given = hard_negative_logits(a, k, lam, gram=gram)
+        assert torch.equal(gram, kept)
+        assert torch.allclose(given, own, atol=1e-6)
+        assert torch.allclose(_grads((given * c).sum(), [a])[0], _grads((own * c).sum(), [a])[0], atol=1e-6)
+
+
+def _noise_sources(**kw):
+    return NegativesConfig(warmup_epochs=0, sources=["in_batch", "hard", "noise"], hard_weight=0.1, lam_min=0.4,
+                           lam_max=0.4, noise_ratio=1.5, noise_steps=3, noise_step_size=0.05, **kw)
+
+
+@pytest.mark.parametrize("shaped,temperature", [(True, 1.0), (False, 1.0), (True, 0.5)])
+def test_dedup_intent_batch_equals_the_full_batch_value_and_gradients(shaped, temperature):
+    """The fine term over B samples + U distinct centroids (column weights log count, each sample's
+    centroid row restored by logaddexp) equals the [2B, 2B] batch with every centroid repeated,
+    with in-batch, hard and noise negatives, in value and in the gradient of the samples."""
+    from fenrec_dist.losses.intent_contrast import contrast_loss, dedup_intent_batch, intent_contrast_loss
+    from fenrec_dist.negatives.samplers import StepContext, build_samplers
+
+    g = torch.Generator().manual_seed(23)
+    b, d, k = 10, 6, 5
+    view = (torch.randn(b, d, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    cents = torch.nn.functional.normalize(torch.randn(k, d, generator=g, dtype=torch.float64), dim=1)
+    ids = torch.tensor([0, 2, 2, 4, 0, 2, 1, 4, 4, 2])  # 4 distinct of 5, repeats
+    samplers = build_samplers(_noise_sources(shaping=shaped), True)
+    ctx = StepContext(generator=g, noise=torch.randn(7, d, generator=g, dtype=torch.float64) * 3)
+    shaping = Shaping(shaped, tau=8.0, margin=0.2)
+
+    def blocks(batch):  # type: ignore[no-untyped-def]
+        return [blk for s in samplers for blk in s.blocks(batch, ctx)]
+
+    full = make_contrast_batch(view, cents[ids], ids, temperature)
+    want = contrast_loss(full, blocks(full), shaping)
+    db = dedup_intent_batch(view, ids, cents, temperature)
+    assert db.z.shape[0] == b + 4 and db.sims.shape == (b + 4, b + 4)
+    got = intent_contrast_loss(db, blocks(db), shaping)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    assert torch.allclose(_grads(got, [view])[0], _grads(want, [view])[0], atol=1e-12)
+
+
+def _explicit_fenrec_contrast(z1, z2, target, intents, noise0, steps, step_size, lam, w, tau, m):
+    """Coarse and fine terms written out from FENREC.md: explicit [N, N, d] hard negatives, the
+    noise nudged by autograd on the explicit coarse loss, every centroid repeated per sample."""
+    sp = lambda s: s * torch.tanh(s / tau)  # noqa: E731
+    sn = lambda s: s * (torch.tanh(s / tau) + m)  # noqa: E731
+
+    def info_nce(a, c, groups, noise):  # type: ignore[no-untyped-def]
+        z = torch.cat([a, c])
+        gg = torch.cat([groups, groups])
+        n = z.shape[0]
+        mask = gg[:, None] == gg[None, :]
+        idx = torch.arange(n)
+        sim = z @ z.t()
+        pos = sim[idx, (idx + n // 2) % n]
+        hard = torch.einsum("ad,and->an", z, explicit_hard_negatives(z, z, lam))
+        den = (torch.exp(sp(pos)) + (torch.exp(sn(sim)) * ~mask).sum(1) + w * (torch.exp(sn(hard)) * ~mask).sum(1)
+               + torch.exp(sn(z @ noise.t())).sum(1))
+        return (torch.log(den) - sp(pos)).mean()
+
+    z1d, z2d = z1.detach(), z2.detach()
+    noise = nudge_noise(noise0, lambda x: info_nce(z1d, z2d, target, x), steps, step_size)
+    coarse = info_nce(z1, z2, target, noise)
+    fine = 0.0
+    for v in (z1, z2):
+        ids, c = intents.assign(v)
+        fine = fine + info_nce(v, c, ids, noise)
+    return coarse, fine
+
+
+def test_fenrec_loss_with_noise_and_intents_matches_explicit_construction():
+    """The whole contrastive part after the warm-up (in-batch, hard and noise negatives, shaping,
+    coarse and fine terms) against ``_explicit_fenrec_contrast``, with the fine term's distinct
+    centroids on and off; the two paths also give the same gradients."""
+    torch.manual_seed(24)
+    b, d = 12, 6
+    z1, z2 = torch.randn(b, d, dtype=torch.float64), torch.randn(b, d, dtype=torch.float64)
+    emb = torch.randn(15, d, dtype=torch.float64)
+    target = torch.tensor([1, 2, 1, 3, 4, 5, 6, 2, 7, 8, 9, 1])
+    future, flen = target[:, None], torch.ones(b, dtype=torch.long)
+    intents = IntentClusters.fit(torch.randn(200, d).numpy(), 4, seed=0)
+    lc = LossConfig(lambda_coarse=0.7, beta_fine=0.2)
+    neg = _noise_sources()
+    # the generator's first draw is the noise (lam is fixed): the same vectors for the explicit form
+    noise0 = torch.randn(int(round(1.5 * b)), d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    coarse, fine = _explicit_fenrec_contrast(z1, z2, target, intents, noise0, 3, 0.05, 0.4, 0.1, 8.0, 0.2)
+    # every part matters at this scale: without the nudge, the coarse term is another value
+    unmoved, _ = _explicit_fenrec_contrast(z1, z2, target, intents, noise0, 0, 0.05, 0.4, 0.1, 8.0, 0.2)
+    assert abs(unmoved.item() - coarse.item()) > 1e-4
+    grads = []
+    for dedup in (True, False):
+        a, p = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+        parts = FENRecLoss(dataclasses.replace(lc, dedup_intents=dedup), neg)(
+            a, p, emb, target, future, flen, 0, intents, torch.Generator().manual_seed(3))
+        assert parts.coarse.item() == pytest.approx(coarse.item(), rel=1e-9)
+        assert parts.fine.item() == pytest.approx(float(fine), rel=1e-9)
+        grads.append(_grads(parts.total, [a, p]))
+    for x, y in zip(*grads):
+        assert torch.allclose(x, y, atol=1e-10)

@@ -14,7 +14,15 @@ import torch
 
 from fenrec_dist.config import LossConfig, NegativesConfig
 from fenrec_dist.intents import IntentClusters
-from fenrec_dist.losses.intent_contrast import contrast_loss, local_rows, make_contrast_batch
+from fenrec_dist.losses.intent_contrast import (
+    ContrastBatch,
+    contrast_loss,
+    dedup_intent_batch,
+    denominator_lse,
+    intent_contrast_loss,
+    local_rows,
+    make_contrast_batch,
+)
 from fenrec_dist.losses.shaping import Shaping
 from fenrec_dist.losses.soft_labels import soft_label_loss_from_reprs
 from fenrec_dist.negatives.samplers import NoiseNegatives, StepContext, build_samplers
@@ -147,22 +155,23 @@ class FENRecLoss:
             keys1, keys2 = (anchor_ids, partner_ids) if comm is None else (gathered[2], gathered[3])
             ctx.extras["row_keys"] = torch.cat([keys1, keys2])
             stats["cos_in_batch"] = [in_batch_cosine(coarse_batch)]
-        noise = [s for s in samplers if isinstance(s, NoiseNegatives)]
+        noise = next((s for s in samplers if isinstance(s, NoiseNegatives)), None)
         others = [s for s in samplers if not isinstance(s, NoiseNegatives)]
-        for s in noise:
-            s.prepare(coarse_batch, others, shaping, ctx)
 
         def blocks(batch):  # type: ignore[no-untyped-def]
             return [blk for s in samplers for blk in s.blocks(batch, ctx)]
 
-        if cfg.lambda_coarse > 0:
-            if use_index:
-                ctx.extras["stats"] = stats
-            coarse = contrast_loss(coarse_batch, blocks(coarse_batch), shaping)
-            ctx.extras.pop("stats", None)
+        if cfg.lambda_coarse > 0 or noise is not None:
+            coarse = self._coarse(coarse_batch, others, noise, shaping, ctx, stats if use_index else None)
         if cfg.beta_fine > 0 and intents is not None:
+            lam_fixed = self.neg_cfg.lam_max <= self.neg_cfg.lam_min or not any(s.name == "hard" for s in samplers)
+            dedup = cfg.dedup_intents and comm is None and not use_index and lam_fixed
             for view, keys in ((g1, keys1), (g2, keys2)):
                 ids, cents = intents.assign(view)
+                if dedup and int(torch.unique(ids).numel()) >= 2:
+                    db = dedup_intent_batch(view, ids, intents.normed(view.device), cfg.temperature)
+                    fine = fine + intent_contrast_loss(db, blocks(db), shaping)
+                    continue
                 fb = make_contrast_batch(view, cents, ids, cfg.temperature, rows)
                 if use_index:
                     # both rows of a pair (the sample and its centroid) use the sample's negatives;
@@ -179,6 +188,34 @@ class FENRecLoss:
             total = rec.detach() + cfg.lambda_coarse * coarse + cfg.beta_fine * fine
         return LossParts(total, rec, coarse, fine, objective,
                          stats={k: sum(v) / len(v) for k, v in stats.items() if v})
+
+    def _coarse(self, batch: ContrastBatch, others: list, noise: NoiseNegatives | None, shaping: Shaping,
+                ctx: StepContext, stats: dict[str, list[float]] | None) -> torch.Tensor:
+        """The coarse term (zero when ``lambda_coarse`` is 0); first draws and nudges this step's
+        noise (``ctx.noise``) when ``noise`` is set.
+
+        The non-noise negatives are constant during the noise ascent: their log-denominator
+        (positive included) is computed once, with gradient, and its detached value is the
+        ascent's ``fixed`` term; the noise block's own log-sum then joins it by logaddexp
+        (the same value as one ``denominator_lse`` over every block).
+        """
+        pos = shaping.positive(batch.positives)
+        n_total = None if batch.rows is None else batch.z.shape[0]
+        want_loss = self.loss_cfg.lambda_coarse > 0
+        if stats is not None and want_loss:
+            ctx.extras["stats"] = stats
+        with torch.set_grad_enabled(want_loss and torch.is_grad_enabled()):
+            lse = denominator_lse(pos, [blk for s in others for blk in s.blocks(batch, ctx)], shaping)
+        ctx.extras.pop("stats", None)
+        if noise is not None:
+            noise.prepare(batch.detach(), lse.detach(), shaping, ctx)
+            noise_blocks = noise.blocks(batch, ctx)
+            if noise_blocks and want_loss:
+                lse = torch.logaddexp(lse, denominator_lse(None, noise_blocks, shaping))
+        if not want_loss:
+            return pos.new_zeros(())
+        per_row = lse - pos
+        return per_row.mean() if n_total is None else per_row.sum() / n_total
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ def hard_negative_logits(
     keys: torch.Tensor,
     lam: torch.Tensor | float,
     eps: float = 1e-12,
+    gram: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Similarities h_an . z_a for every anchor a and key n.
 
@@ -31,12 +32,15 @@ def hard_negative_logits(
         anchors: float [N, d], z_a (gradient flows to these).
         keys: float [M, d], z_n (treated as constants: the hard negatives are detached).
         lam: float or float [N, M], the mix toward the anchor (0 = the key itself).
+        gram: float [N, M], anchors @ keys.T when the caller has it (the contrastive batch's
+            similarity product), else computed here; read, never written.
 
     Returns:
         float [N, M], the raw (unshaped) similarity of each hard negative to its anchor.
     """
     lam_t = lam if isinstance(lam, float) else torch.as_tensor(lam, dtype=anchors.dtype, device=anchors.device)
-    return _HardNegativeLogits.apply(anchors, keys.detach(), lam_t, eps)
+    return _HardNegativeLogits.apply(anchors, keys.detach(), lam_t, eps,
+                                     None if gram is None else gram.detach())
 
 
 class _HardNegativeLogits(torch.autograd.Function):
@@ -49,18 +53,19 @@ class _HardNegativeLogits(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, anchors, keys, lam, eps):  # type: ignore[no-untyped-def]
+    def forward(ctx, anchors, keys, lam, eps, gram=None):  # type: ignore[no-untyped-def]
         a = anchors.detach()
         na = a.norm(dim=1).clamp_min(eps)  # [N]
         nk = keys.norm(dim=1).clamp_min(eps)  # [M]
-        gram = a @ keys.t()  # [N, M]
+        if gram is None:
+            gram = a @ keys.t()  # [N, M]
         outer = na[:, None] * nk[None, :]
         cos = gram / outer
         denom = cos.mul_(2 * lam * (1 - lam)).add_((1 - lam) ** 2 + lam**2).clamp_min_(eps).sqrt_()
-        if isinstance(lam, float):
-            value = torch.add(gram.mul_(1 - lam), outer, alpha=lam)
+        if isinstance(lam, float):  # gram may be the caller's: written into outer instead
+            value = outer.mul_(lam).add_(gram, alpha=1 - lam)
         else:
-            value = gram.mul_(1 - lam).add_(outer.mul_(lam))
+            value = outer.mul_(lam).add_(gram * (1 - lam))
         ctx.save_for_backward(a, keys, na, nk, denom, lam if isinstance(lam, torch.Tensor) else None)
         ctx.lam = lam
         return value.div_(denom)
@@ -69,7 +74,7 @@ class _HardNegativeLogits(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
+            return None, None, None, None, None
         a, keys, na, nk, denom, lam_t = ctx.saved_tensors
         lam = ctx.lam if lam_t is None else lam_t
         gd = grad / denom  # [N, M]
@@ -80,7 +85,7 @@ class _HardNegativeLogits(torch.autograd.Function):
         else:
             along_key = (gd * (1 - lam)) @ keys
             along_self = gd.mul_(lam) @ nk
-        return along_key.add_(a * (along_self / na)[:, None]), None, None, None
+        return along_key.add_(a * (along_self / na)[:, None]), None, None, None, None
 
 
 def explicit_hard_negatives(anchors: torch.Tensor, keys: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:

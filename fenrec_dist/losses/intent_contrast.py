@@ -24,11 +24,14 @@ class NegativeBlock:
     logits: float [N, M] raw similarities (before shaping) of anchor rows to M negatives.
     weight: the block's weight w in the softmax denominator (added as log w).
     mask: bool [N, M] or None; True marks an excluded entry (a false negative).
+    col_log_weight: float [M] or None; added to every row's shaped logits (a column standing
+        for c identical columns carries log c: ``dedup_intent_batch``).
     """
 
     logits: torch.Tensor
     weight: float = 1.0
     mask: torch.Tensor | None = None
+    col_log_weight: torch.Tensor | None = None
 
 
 def weighted_info_nce(pos: torch.Tensor, blocks: list[NegativeBlock], shaping: Shaping,
@@ -50,29 +53,33 @@ def weighted_info_nce(pos: torch.Tensor, blocks: list[NegativeBlock], shaping: S
     return per_row.mean() if n_total is None else per_row.sum() / n_total
 
 
-def denominator_lse(pos_logits: torch.Tensor, blocks: list[NegativeBlock], shaping: Shaping) -> torch.Tensor:
+def denominator_lse(pos_logits: torch.Tensor | None, blocks: list[NegativeBlock], shaping: Shaping) -> torch.Tensor:
     """float [N]: log of the softmax denominator, log(e^pos + sum_blocks w sum e^neg).
 
     Computed by ``_DenominatorLSE`` (one exp per entry, shaping and its derivative by hand);
     ``denominator_lse_plain`` is the same in plain autograd ops (tests/test_losses.py).
 
     Args:
-        pos_logits: float [N], the already shaped positive logits.
+        pos_logits: float [N], the already shaped positive logits, or None for the negatives
+            alone, log(sum_blocks w sum e^neg) (then every row needs an unmasked entry).
     """
     used = [b for b in blocks if b.weight > 0 and b.logits.shape[1] > 0]
-    spec = tuple((b.weight, b.mask) for b in used)
+    spec = tuple((b.weight, b.mask, b.col_log_weight) for b in used)
     return _DenominatorLSE.apply(spec, shaping, pos_logits, *(b.logits for b in used))
 
 
-def denominator_lse_plain(pos_logits: torch.Tensor, blocks: list[NegativeBlock], shaping: Shaping) -> torch.Tensor:
+def denominator_lse_plain(pos_logits: torch.Tensor | None, blocks: list[NegativeBlock],
+                          shaping: Shaping) -> torch.Tensor:
     """The plain form of ``denominator_lse``: shape, weight and mask each block, one logsumexp."""
-    parts = [pos_logits[:, None]]
+    parts = [] if pos_logits is None else [pos_logits[:, None]]
     for b in blocks:
         if b.weight <= 0 or b.logits.shape[1] == 0:
             continue
         l = shaping.negative(b.logits)
         if b.weight != 1.0:
             l = l + math.log(b.weight)
+        if b.col_log_weight is not None:
+            l = l + b.col_log_weight[None, :]
         if b.mask is not None:
             l = l.masked_fill(b.mask, float("-inf"))
         parts.append(l)
@@ -92,7 +99,7 @@ class _DenominatorLSE(torch.autograd.Function):
     def forward(ctx, spec, shaping, pos, *logits):  # type: ignore[no-untyped-def]
         on = shaping.enabled
         exps, tanhs = [], []
-        for s, (w, mask) in zip(logits, spec):
+        for s, (w, mask, colw) in zip(logits, spec):
             if on:
                 t = tanh_scaled(s, shaping.tau)
                 l = t.add(shaping.margin).mul_(s)  # s * (tanh(s / tau) + m)
@@ -101,17 +108,21 @@ class _DenominatorLSE(torch.autograd.Function):
                 l = s.clone()
             if w != 1.0:
                 l.add_(math.log(w))
+            if colw is not None:
+                l.add_(colw[None, :])
             if mask is not None:
                 l.masked_fill_(mask, float("-inf"))
             exps.append(l)
             tanhs.append(t)
-        top = torch.stack([pos] + [l.amax(dim=1) for l in exps], dim=1).amax(dim=1)  # [N]
-        total = (pos - top).exp()
+        maxes = [l.amax(dim=1) for l in exps] if pos is None else [pos] + [l.amax(dim=1) for l in exps]
+        top = torch.stack(maxes, dim=1).amax(dim=1)  # [N]
+        total = torch.zeros_like(top) if pos is None else (pos - top).exp()
         for l in exps:
             total = total + l.sub_(top[:, None]).exp_().sum(dim=1)  # l is now e^{l - top}
         ctx.shaping = shaping
         ctx.exps, ctx.tanhs = exps, tanhs
-        ctx.save_for_backward(pos, top, total, *logits)
+        ctx.has_pos = pos is not None
+        ctx.save_for_backward(pos if pos is not None else top, top, total, *logits)
         return top + total.log()
 
     @staticmethod
@@ -131,7 +142,7 @@ class _DenominatorLSE(torch.autograd.Function):
                 g.mul_(d)
             grads.append(g)
         ctx.exps = ctx.tanhs = None
-        gpos = (pos - top).exp_().mul_(r[:, 0]) if ctx.needs_input_grad[2] else None
+        gpos = (pos - top).exp_().mul_(r[:, 0]) if ctx.has_pos and ctx.needs_input_grad[2] else None
         return (None, None, gpos, *grads)
 
 
@@ -146,6 +157,12 @@ class ContrastBatch:
     mask: bool [R, N], True where the column is not a valid negative for the row
         (itself, its positive, and every row of the same group: same target or intent).
     temperature: the similarity temperature.
+    gram: float [R, N], z[rows] z^T (the product ``sims`` is divided from; the same tensor
+        when the temperature is 1), reused by the hard negatives; None to recompute it.
+    col_log_weight: float [N] or None, log of how many identical columns each column stands
+        for (``dedup_intent_batch``); in-batch and hard blocks carry it.
+    inverse: long [B] or None; set by ``dedup_intent_batch``, whose rows are the B samples
+        then U distinct centroids: the centroid row (0..U-1) of each sample.
     """
 
     z: torch.Tensor
@@ -153,6 +170,9 @@ class ContrastBatch:
     mask: torch.Tensor
     temperature: float
     rows: torch.Tensor | None = None
+    gram: torch.Tensor | None = None
+    col_log_weight: torch.Tensor | None = None
+    inverse: torch.Tensor | None = None
 
     @property
     def anchors(self) -> torch.Tensor:
@@ -166,13 +186,19 @@ class ContrastBatch:
 
     @property
     def positives(self) -> torch.Tensor:
-        """float [R]: similarity of each computed row to its positive."""
+        """float [R]: similarity of each computed row to its positive; for a deduplicated
+        intent batch, float [B]: each sample's to its centroid (which is also the positive of
+        the sample's own centroid row in the full batch)."""
+        if self.inverse is not None:
+            b = self.inverse.shape[0]
+            return self.sims[torch.arange(b, device=self.z.device), b + self.inverse]
         n = self.z.shape[0]
         rows = self.row_ids
         return self.sims[torch.arange(len(rows), device=self.z.device), (rows + n // 2) % n]
 
     def detach(self) -> "ContrastBatch":
-        return ContrastBatch(self.z.detach(), self.sims.detach(), self.mask, self.temperature, self.rows)
+        return ContrastBatch(self.z.detach(), self.sims.detach(), self.mask, self.temperature, self.rows,
+                             None if self.gram is None else self.gram.detach(), self.col_log_weight, self.inverse)
 
 
 def local_rows(offset: int, count: int, half: int, device: torch.device | None = None) -> torch.Tensor:
@@ -203,10 +229,58 @@ def make_contrast_batch(view1: torch.Tensor, view2: torch.Tensor, groups: torch.
     mask = g[idx][:, None] == g[None, :]
     mask[r, idx] = True
     mask[r, (idx + n // 2) % n] = True
-    sims = (z if rows is None else z[rows]) @ z.t()
-    if temperature != 1.0:  # x / 1 == x: skip the pass and its backward node
-        sims = sims / temperature
-    return ContrastBatch(z=z, sims=sims, mask=mask, temperature=temperature, rows=rows)
+    gram = (z if rows is None else z[rows]) @ z.t()
+    sims = gram / temperature if temperature != 1.0 else gram  # x / 1 == x: skip the pass and its node
+    return ContrastBatch(z=z, sims=sims, mask=mask, temperature=temperature, rows=rows, gram=gram)
+
+
+def dedup_intent_batch(view: torch.Tensor, ids: torch.Tensor, centroids: torch.Tensor,
+                       temperature: float) -> ContrastBatch:
+    """The fine term's batch with each intent's centroid once.
+
+    ``make_contrast_batch(view, centroids[ids], ids, T)`` stacks B samples and B centroids, but
+    samples of one intent share their centroid: those centroid rows are equal, and so are their
+    masks (every row of the intent), their negatives and their columns. Here the U distinct
+    centroids appear once each: rows and columns are the B samples then the U centroids, a
+    centroid column carries log(count) (``col_log_weight``), and ``intent_contrast_loss`` gives
+    each sample's centroid row its own positive. The [N, N] blocks shrink from 2B to B + U
+    (Beauty, k = 256: U is about 145 of 256 at every stage of training).
+
+    Args:
+        view: float [B, d] the samples' representations.
+        ids: long [B] their intents.
+        centroids: float [k, d] the normalised centroids (constants).
+        temperature: similarities are divided by it.
+    """
+    uniq, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+    b = view.shape[0]
+    z = torch.cat([view, centroids[uniq].to(view.dtype)], dim=0)
+    g = torch.cat([ids, uniq])
+    mask = g[:, None] == g[None, :]  # the same group: itself, its positive and its intent
+    gram = z @ z.t()
+    sims = gram / temperature if temperature != 1.0 else gram
+    col_log_weight = torch.cat([z.new_zeros(b), counts.to(z.dtype).log()])
+    return ContrastBatch(z=z, sims=sims, mask=mask, temperature=temperature, gram=gram,
+                         col_log_weight=col_log_weight, inverse=inverse)
+
+
+def intent_contrast_loss(batch: ContrastBatch, blocks: list[NegativeBlock], shaping: Shaping) -> torch.Tensor:
+    """The loss of a ``dedup_intent_batch``: equal to ``contrast_loss`` of the full batch.
+
+    Each row's negatives are summed once, log S_n = ``denominator_lse(None, ...)`` [B + U];
+    sample i has loss logaddexp(p_i, S_i) - p_i and its centroid row (in the full batch)
+    logaddexp(p_i, S_{B + inverse_i}) - p_i, with p_i the shaped positive; the mean is over
+    the full batch's 2B rows. Needs U >= 2 (so that every centroid row has a negative).
+    """
+    inverse = batch.inverse
+    if inverse is None:
+        raise ValueError("intent_contrast_loss needs a batch from dedup_intent_batch")
+    b = inverse.shape[0]
+    pos = shaping.positive(batch.positives)  # [B]
+    neg = denominator_lse(None, blocks, shaping)  # [B + U]
+    own = torch.logaddexp(pos, neg[:b])
+    cent = torch.logaddexp(pos, neg[b:][inverse])
+    return (own.sum() + cent.sum() - 2 * pos.sum()) / (2 * b)
 
 
 def contrast_loss(batch: ContrastBatch, blocks: list[NegativeBlock], shaping: Shaping) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 
 from fenrec_dist.config import NegativesConfig
 from fenrec_dist.losses.hard_negatives import hard_negative_logits, sample_lam
-from fenrec_dist.losses.intent_contrast import ContrastBatch, NegativeBlock, denominator_lse
+from fenrec_dist.losses.intent_contrast import ContrastBatch, NegativeBlock
 from fenrec_dist.losses.mined_negatives import mined_negative_logits
 from fenrec_dist.losses.noise_negatives import draw_noise, nudge_noise_contrast
 from fenrec_dist.losses.shaping import Shaping
@@ -64,7 +64,7 @@ class InBatchNegatives:
     name = "in_batch"
 
     def blocks(self, batch: ContrastBatch, ctx: StepContext) -> list[NegativeBlock]:
-        return [NegativeBlock(batch.sims, 1.0, batch.mask)]
+        return [NegativeBlock(batch.sims, 1.0, batch.mask, batch.col_log_weight)]
 
 
 class HardNegatives:
@@ -84,8 +84,10 @@ class HardNegatives:
             lam = lam.to(batch.z.device)
             if batch.rows is not None:
                 lam = lam[batch.rows]
-        logits = hard_negative_logits(batch.anchors, batch.z, lam) / batch.temperature
-        return [NegativeBlock(logits, self.weight, batch.mask)]
+        logits = hard_negative_logits(batch.anchors, batch.z, lam, gram=batch.gram)
+        if batch.temperature != 1.0:
+            logits = logits / batch.temperature
+        return [NegativeBlock(logits, self.weight, batch.mask, batch.col_log_weight)]
 
 
 class NoiseNegatives:
@@ -98,24 +100,24 @@ class NoiseNegatives:
         self.steps = steps
         self.step_size = step_size
 
-    def prepare(self, coarse: ContrastBatch, others: list[NegativeSampler], shaping: Shaping, ctx: StepContext) -> None:
-        """Draw and nudge this step's noise on the (detached) coarse batch; stores ``ctx.noise``."""
+    def prepare(self, coarse: ContrastBatch, fixed: torch.Tensor, shaping: Shaping, ctx: StepContext) -> None:
+        """Draw and nudge this step's noise on the (detached) coarse batch; stores ``ctx.noise``.
+
+        Args:
+            coarse: the detached coarse batch.
+            fixed: float [R] (detached) log of everything but the noise in each computed row's
+                denominator, the positive included: constant during the ascent, so
+                loss(noise) = mean(logaddexp(fixed, lse(shape(z noise^T / T))) - pos).
+        """
         b = coarse.z.shape[0] // 2
         rows = int(round(self.ratio * b))
         if rows <= 0:
             ctx.noise = None
             return
-        det = coarse.detach()
-        with torch.no_grad():
-            # Everything but the noise block is constant during the ascent: fold it into one
-            # log-denominator, then loss(noise) = mean(logaddexp(fixed, lse(noise)) - pos).
-            pos = shaping.positive(det.positives)
-            fixed = denominator_lse(pos, [blk for s in others for blk in s.blocks(det, ctx)], shaping)
-        # The ascent on loss(noise) = mean(logaddexp(fixed, lse(shape(z noise^T / T))) - pos), with
-        # its gradient written out (equal to autograd's: tests/test_losses.py).
+        # the gradient of that loss is written out (equal to autograd's: tests/test_losses.py)
         noise = draw_noise(rows, coarse.z.shape[1], ctx.generator, coarse.z.device, coarse.z.dtype)
-        ctx.noise = nudge_noise_contrast(noise, det.anchors, fixed, shaping, det.temperature, self.steps,
-                                         self.step_size, n_total=det.z.shape[0], reduce=ctx.reduce)
+        ctx.noise = nudge_noise_contrast(noise, coarse.anchors, fixed, shaping, coarse.temperature, self.steps,
+                                         self.step_size, n_total=coarse.z.shape[0], reduce=ctx.reduce)
 
     def blocks(self, batch: ContrastBatch, ctx: StepContext) -> list[NegativeBlock]:
         if ctx.noise is None:
