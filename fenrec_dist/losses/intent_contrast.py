@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fenrec_dist.losses.shaping import Shaping, tanh_scaled
+from fenrec_dist.losses.shaping import Shaping
 
 
 @dataclass
@@ -87,24 +87,32 @@ def denominator_lse_plain(pos_logits: torch.Tensor | None, blocks: list[Negative
 
 
 class _DenominatorLSE(torch.autograd.Function):
-    """lse_a = log(e^pos_a + sum_k w_k sum_n e^{shape(s_k,an)}) over blocks s_k [N, M_k].
+    """lse_a = log([e^pos_a +] sum_k w_k sum_n e^{shape(s_k,an)}) over blocks s_k [N, M_k].
 
     Autograd of the plain form concatenates the blocks, runs exp twice per entry (forward and
     logsumexp's backward) and keeps a temporary per elementwise op; here each block is shaped
     into one buffer that becomes e^{l - max} in place and is reused by the backward:
-    d lse / d s = softmax weight * shape'(s), shape'(s) = tanh(s/tau) + m + s (1 - tanh^2) / tau.
+    d lse / d s = softmax weight * shape'(s). The shaping is written in sigma = sigmoid(a),
+    a = 2 s / tau, and w = a sigma (t = tanh(s / tau) = 2 sigma - 1):
+        shape(s)  = s (t + m)                 = tau w + (m - 1) s
+        shape'(s) = t + m + s (1 - t^2) / tau  = 2 (sigma + w - w sigma) + m - 1
+    5 passes over a block for the shaped logits (6 with tanh) and 5 in-place passes for its
+    gradient (9 with tanh, and a new buffer).
     """
 
     @staticmethod
     def forward(ctx, spec, shaping, pos, *logits):  # type: ignore[no-untyped-def]
         on = shaping.enabled
-        exps, tanhs = [], []
+        tau, m = shaping.tau, shaping.margin
+        exps, sigs, ws = [], [], []
         for s, (w, mask, colw) in zip(logits, spec):
             if on:
-                t = tanh_scaled(s, shaping.tau)
-                l = t.add(shaping.margin).mul_(s)  # s * (tanh(s / tau) + m)
+                av = torch.mul(s, 2.0 / tau)
+                sig = torch.sigmoid(av)
+                wv = av.mul_(sig)  # a sigma
+                l = torch.mul(s, m - 1.0).add_(wv, alpha=tau)  # s * (tanh(s / tau) + m)
             else:
-                t = None
+                sig = wv = None
                 l = s.clone()
             if w != 1.0:
                 l.add_(math.log(w))
@@ -113,35 +121,40 @@ class _DenominatorLSE(torch.autograd.Function):
             if mask is not None:
                 l.masked_fill_(mask, float("-inf"))
             exps.append(l)
-            tanhs.append(t)
+            sigs.append(sig)
+            ws.append(wv)
         maxes = [l.amax(dim=1) for l in exps] if pos is None else [pos] + [l.amax(dim=1) for l in exps]
         top = torch.stack(maxes, dim=1).amax(dim=1)  # [N]
         total = torch.zeros_like(top) if pos is None else (pos - top).exp()
         for l in exps:
             total = total + l.sub_(top[:, None]).exp_().sum(dim=1)  # l is now e^{l - top}
         ctx.shaping = shaping
-        ctx.exps, ctx.tanhs = exps, tanhs
+        ctx.exps, ctx.sigs, ctx.ws = exps, sigs, ws
         ctx.has_pos = pos is not None
-        ctx.save_for_backward(pos if pos is not None else top, top, total, *logits)
+        ctx.save_for_backward(pos if pos is not None else top, top, total)
         return top + total.log()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
-        pos, top, total, *logits = ctx.saved_tensors
-        shaping = ctx.shaping
+        pos, top, total = ctx.saved_tensors
+        m = ctx.shaping.margin
+        exps, sigs, ws = ctx.exps, ctx.sigs, ctx.ws
+        if exps is None:
+            raise RuntimeError("denominator_lse: backward through the same graph twice")
+        ctx.exps = ctx.sigs = ctx.ws = None
         r = (grad / total)[:, None]  # [N, 1]: d lse = (e^{l - top} / total) dl
         grads = []
-        for i, (s, e, t) in enumerate(zip(logits, ctx.exps, ctx.tanhs)):
+        for i, (e, sig, wv) in enumerate(zip(exps, sigs, ws)):
             if not ctx.needs_input_grad[3 + i]:
                 grads.append(None)
                 continue
-            g = e.mul(r)  # masked entries: e = 0
-            if t is not None:
-                d = t.square().neg_().add_(1.0).mul_(s).div_(shaping.tau).add_(t).add_(shaping.margin)
-                g.mul_(d)
-            grads.append(g)
-        ctx.exps = ctx.tanhs = None
+            if sig is None:
+                grads.append(e.mul_(r))  # masked entries: e = 0
+                continue
+            d = wv.addcmul_(wv, sig, value=-1.0).add_(sig)  # sigma + w - w sigma
+            d.mul_(2.0 * r).add_((m - 1.0) * r)  # r shape'(s)
+            grads.append(e.mul_(d))
         gpos = (pos - top).exp_().mul_(r[:, 0]) if ctx.has_pos and ctx.needs_input_grad[2] else None
         return (None, None, gpos, *grads)
 
