@@ -111,8 +111,8 @@ def _nudge_shaped(x: torch.Tensor, z: torch.Tensor, fixed: torch.Tensor, shaping
     The product gives a directly (z is scaled by 2 / (T tau) first, [N, d] not [N, R]); the
     softmax shares q_ir = e^{f - total_i} are e^{f - max_i} times a per-row factor, which is
     folded into z's rows before the second product. 14 passes over the [N, R] block a step
-    instead of 21: the ascent takes 0.85 of the tanh form's time on Beauty's shapes
-    (``bench/bench_noise.py``; the two matrix products are 40% of it), the same vectors to
+    instead of 21: the ascent takes 0.81-0.85 of the tanh form's time on Beauty's shapes
+    (``bench/bench_parts.py``; the two matrix products are 40% of it), the same vectors to
     2.4e-7; equal to autograd's ascent (tests/test_losses.py).
     """
     tau, m = shaping.tau, shaping.margin
