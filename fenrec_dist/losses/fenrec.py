@@ -209,11 +209,11 @@ class FENRecLoss:
         ctx.extras.pop("stats", None)
         if noise is not None:
             noise.prepare(batch.detach(), lse.detach(), shaping, ctx)
-            noise_blocks = noise.blocks(batch, ctx)
-            if noise_blocks and want_loss:
-                lse = torch.logaddexp(lse, denominator_lse(None, noise_blocks, shaping))
         if not want_loss:
             return pos.new_zeros(())
+        noise_blocks = noise.blocks(batch, ctx) if noise is not None else []
+        if noise_blocks:
+            lse = torch.logaddexp(lse, denominator_lse(None, noise_blocks, shaping))
         per_row = lse - pos
         return per_row.mean() if n_total is None else per_row.sum() / n_total
 
