@@ -206,12 +206,15 @@ class SASRec(SequenceEncoder):
                 grid = packed[c.start:c.end]  # a chunk without padding is its own grid
                 if not c.dense:  # in place into a fresh buffer: one copy
                     grid = packed.new_zeros(c.rows * c.length, width).index_copy_(0, c.flat, grid)
-                parts = grid.view(c.rows, c.length, width // d, att.heads, att.head_dim).transpose(1, 3)  # [B,h,P,L,dh]
+                # [P, B, h, L, dh] in one copy; unbind's backward stacks the parts' gradients
+                # into one buffer (selects would each zero-fill a grid-sized gradient)
+                parts = grid.view(c.rows, c.length, width // d, att.heads, att.head_dim).permute(2, 0, 3, 1, 4)
+                parts = parts.contiguous().unbind(0)
                 if last_only:
-                    k, v = parts[:, :, 0], parts[:, :, 1]
+                    k, v = parts
                     q = q_last[row:row + c.rows].view(c.rows, att.heads, 1, att.head_dim)
                 else:
-                    q, k, v = parts[:, :, 0], parts[:, :, 1], parts[:, :, 2]
+                    q, k, v = parts
                 ctx = att.attend(q, k, v, mask).transpose(1, 2).reshape(-1, d)  # [B * Lq, d]
                 outs.append(ctx if last_only or c.dense else ctx.index_select(0, c.flat))
                 row += c.rows
