@@ -203,6 +203,32 @@ def exclude_block(values: np.ndarray, offsets: np.ndarray, start: int, stop: int
 
 
 @torch.no_grad()
+def split_ranks(
+    encoder: SequenceEncoder,
+    table: EvalTable,
+    split: str,
+    max_len: int,
+    batch_size: int,
+    item_chunk: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """long [U]: the 0-based full-ranking rank (``metrics.target_ranks``) of each of the table's
+    users' ``split`` target ('valid' or 'test'), history excluded, in the table's user order."""
+    inputs = table.inputs(split, max_len)
+    targets = table.valid if split == "valid" else table.test
+    ex_values, ex_offsets = table.exclude(split)
+    reprs = embed(encoder, inputs, batch_size, device)
+    items = encoder.item_weights().detach().float()
+    ranks = []
+    for i in range(0, len(inputs), batch_size):
+        j = min(i + batch_size, len(inputs))
+        ranks.append(target_ranks(
+            torch.from_numpy(reprs[i:j]).to(device), items, to_tensor(targets[i:j], device),
+            to_tensor(exclude_block(ex_values, ex_offsets, i, j), device), item_chunk,
+        ).cpu())
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
 def evaluate_sums(
     encoder: SequenceEncoder,
     table: EvalTable,
@@ -214,18 +240,4 @@ def evaluate_sums(
     device: torch.device,
 ) -> dict[str, float]:
     """Full-ranking metric *sums* (and 'count') of ``split`` ('valid' or 'test') over the table's users."""
-    inputs = table.inputs(split, max_len)
-    targets = table.valid if split == "valid" else table.test
-    ex_values, ex_offsets = table.exclude(split)
-    reprs = embed(encoder, inputs, batch_size, device)
-    items = encoder.item_weights().detach().float()
-    sums: dict[str, float] = {}
-    for i in range(0, len(inputs), batch_size):
-        j = min(i + batch_size, len(inputs))
-        ranks = target_ranks(
-            torch.from_numpy(reprs[i:j]).to(device), items, to_tensor(targets[i:j], device),
-            to_tensor(exclude_block(ex_values, ex_offsets, i, j), device), item_chunk,
-        )
-        for k, v in rank_metrics(ranks, ks).items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-    return sums
+    return rank_metrics(split_ranks(encoder, table, split, max_len, batch_size, item_chunk, device), ks)
