@@ -125,8 +125,11 @@ class TrainConfig:
     length_grouping: bool = _f(True, "Group batches by input length (exact speed-up).")
     length_bucket_batches: int = _f(64, "Batches per length-sorting window of the shuffled epoch.")
     threads: int = _f(0, "torch intra-op threads; 0 keeps torch's default.")
-    trim_every: int = _f(25, "Return freed heap pages to the OS (glibc malloc_trim) every N steps, as well as "
-                              "between phases; 0 = between phases only. Bounds the resident size on CPU.")
+    trim_every: int = _f(0, "Return freed heap pages to the OS (glibc malloc_trim) every N steps (0 = off); "
+                             "the heap is always trimmed between phases. See train/memory.py.")
+    trim_growth_mib: float = _f(512.0, "Trim when the resident size grew by this many MiB since the last trim "
+                                       "(0 = off): bounds the resident size on CPU at a fraction of the page "
+                                       "faults of trim_every (bench/bench_trim.py).")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto, cpu or cuda.")
     progress: bool = _f(True, "Show a per-epoch progress bar.")
     time_limit_min: float = _f(
@@ -301,7 +304,7 @@ def load_config(
 #: executed or how far it may go, never what it computes (the model, the objective, the data,
 #: the batches and the early-stopping rule stay those of the run's config.yaml).
 RESUME_KEYS = (
-    "train.threads", "train.progress", "train.trim_every", "train.device", "train.time_limit_min",
+    "train.threads", "train.progress", "train.trim_every", "train.trim_growth_mib", "train.device", "train.time_limit_min",
     "train.epochs", "eval.batch_size", "eval.item_chunk",
 )
 

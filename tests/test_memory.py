@@ -10,8 +10,8 @@ import pytest
 
 from conftest import tiny_overrides
 from fenrec_dist.config import load_config
-from fenrec_dist.train import loop
-from fenrec_dist.train.memory import release_free_memory, resident_mib
+from fenrec_dist.train import memory
+from fenrec_dist.train.memory import HeapTrimmer, release_free_memory, resident_mib
 from fenrec_dist.train.single import train_single
 
 glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None,
@@ -44,11 +44,12 @@ def test_release_gives_back_a_fragmented_heap():
 
 def test_train_epoch_trims_every_n_steps_and_between_phases(tiny_data, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(loop, "release_free_memory", lambda: calls.append("step") or True)
+    monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append("step") or True)
     import fenrec_dist.train.single as single
 
     monkeypatch.setattr(single, "release_free_memory", lambda: calls.append("phase") or True)
-    cfg = load_config(None, tiny_overrides(tiny_data, train__epochs=1, train__trim_every=3))
+    cfg = load_config(None, tiny_overrides(tiny_data, train__epochs=1, train__trim_every=3,
+                                           train__trim_growth_mib=0))
     train_single(cfg, tmp_path / "run", log=lambda *_: None)
     from fenrec_dist.data.dataset import load_prepared
     from fenrec_dist.train.batches import epoch_batches, epoch_rng
@@ -58,3 +59,51 @@ def test_train_epoch_trims_every_n_steps_and_between_phases(tiny_data, tmp_path,
                            cfg.train.length_grouping, cfg.train.length_bucket_batches))
     assert calls.count("step") == nb // 3
     assert calls.count("phase") == 3  # after clustering, training and validation
+
+
+def test_heap_trimmer_every_n_steps(monkeypatch):
+    calls = []
+    monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1) or True)
+    t = HeapTrimmer(every=3)
+    t.start()
+    done = [n for n in range(1, 11) if t.after_step(n)]
+    assert done == [3, 6, 9] and t.trims == 3 and len(calls) == 3
+
+
+def test_heap_trimmer_growth_rebases_after_each_trim(monkeypatch):
+    """Trims when the resident size exceeds the last post-trim size by growth_mib; memory that
+    stays live after a trim raises the bar instead of causing a trim per step."""
+    rss = iter([100.0,            # start
+                150.0, 199.0,     # steps 1-2: under 100 + 100
+                201.0, 180.0,     # step 3 over the bar: trim, 180 stays live -> bar 280
+                250.0, 279.0,     # steps 4-5: under 280
+                281.0, 120.0,     # step 6: trim, back to 120 -> bar 220
+                219.0])           # step 7: under
+    monkeypatch.setattr(memory, "resident_mib", lambda: next(rss))
+    calls = []
+    monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1) or True)
+    t = HeapTrimmer(growth_mib=100.0)
+    t.start()
+    done = [n for n in range(1, 8) if t.after_step(n)]
+    assert done == [3, 6] and t.trims == 2 and len(calls) == 2
+
+
+def test_train_epoch_reports_growth_trims(tiny_data, tmp_path, monkeypatch):
+    """train.trim_growth_mib reaches the epoch loop: a bar of 0.001 MiB trims after nearly every step
+    (any page the step touched), and the count is the epoch's ``trims``."""
+    calls = []
+    monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1) or True)
+    seq = iter(range(10**6))
+    monkeypatch.setattr(memory, "resident_mib", lambda: float(next(seq)))  # grows 1 MiB a reading
+    cfg = load_config(None, tiny_overrides(tiny_data, train__epochs=1, train__trim_every=0,
+                                           train__trim_growth_mib=1.5))
+    from fenrec_dist.data.dataset import load_prepared
+    from fenrec_dist.train.batches import epoch_batches, epoch_rng
+
+    data = load_prepared(cfg.data.path, max_len=cfg.data.max_len)
+    nb = len(epoch_batches(data.train.input_len, cfg.train.batch_size, epoch_rng(cfg.train.seed, 0),
+                           cfg.train.length_grouping, cfg.train.length_bucket_batches))
+    train_single(cfg, tmp_path / "run", log=lambda *_: None)
+    # readings: start r0; each step reads once, r_k - base > 1.5 happens every second step after a
+    # trim re-reads the base (one reading), so a trim every 2nd step
+    assert len(calls) == nb // 2

@@ -279,7 +279,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         epoch_step = step if hook is None else _before(hook, step)
         res = train_epoch(net, encoder, epoch_step, local, partners, data.train, batches, loss_fn, epoch, intents,
                           cfg.train.seed, device, rank=rank, progress=False, num_batches=len(batches), index=index,
-                          trim_every=cfg.train.trim_every)
+                          trim_every=cfg.train.trim_every,
+                          trim_growth_mib=cfg.train.trim_growth_mib)
         release_free_memory()
         neg_rec = None
         if refresher is not None:

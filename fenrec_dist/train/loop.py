@@ -22,7 +22,7 @@ from fenrec_dist.metrics import rank_metrics, target_ranks
 from fenrec_dist.model.base import SequenceEncoder
 from fenrec_dist.model.packing import length_chunks
 from fenrec_dist.train.batches import PartnerIndex, epoch_rng, to_tensor
-from fenrec_dist.train.memory import release_free_memory
+from fenrec_dist.train.memory import HeapTrimmer
 
 if TYPE_CHECKING:
     from fenrec_dist.negatives.refresh import EpochIndex
@@ -74,6 +74,7 @@ class EpochResult:
     stats: dict[str, float] = field(default_factory=dict)  # negative diagnostics, means over batches
     samples: int = 0
     seconds: float = 0.0
+    trims: int = 0  # heap trims during the epoch (``HeapTrimmer``)
 
     @property
     def samples_per_s(self) -> float:
@@ -105,6 +106,7 @@ def train_epoch(
     autocast: Callable[[], object] | None = None,
     index: "EpochIndex | None" = None,
     trim_every: int = 0,
+    trim_growth_mib: float = 0.0,
 ) -> EpochResult:
     """One epoch of FENRec training.
 
@@ -119,8 +121,9 @@ def train_epoch(
         loss_fn, epoch, intents: the objective, the 0-based epoch, this epoch's clusters.
         seed, rank: make the partner draws and the step generator deterministic.
         index: the epoch's refreshed negative index (``negatives.sources`` has ``index``), or None.
-        trim_every: return freed heap pages to the OS every this many steps (0 = never);
-            see ``train.memory``.
+        trim_every, trim_growth_mib: return freed heap pages to the OS every this many steps
+            and/or when the resident size grew by this many MiB since the last trim (0 = never);
+            see ``train.memory.HeapTrimmer``.
     """
     if hasattr(net, "train"):
         net.train()  # type: ignore[union-attr]
@@ -132,6 +135,8 @@ def train_epoch(
     stat_counts: dict[str, int] = {}
     n_batches = 0
     samples = 0
+    trimmer = HeapTrimmer(trim_every, trim_growth_mib)
+    trimmer.start()
     t0 = time.perf_counter()
     bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not progress,
                mininterval=2.0)
@@ -164,13 +169,13 @@ def train_epoch(
                 stat_counts[k] = stat_counts.get(k, 0) + 1
         n_batches += 1
         samples += bsz
-        if trim_every > 0 and n_batches % trim_every == 0:
-            release_free_memory()
+        trimmer.after_step(n_batches)
         if progress and n_batches % 20 == 0:
             bar.set_postfix(loss=f"{sums['total'] / n_batches:.4f}")
     bar.close()
     return EpochResult(losses={k: v / max(n_batches, 1) for k, v in sums.items()}, samples=samples,
-                       seconds=time.perf_counter() - t0, stats={k: v / stat_counts[k] for k, v in stat_sums.items()})
+                       seconds=time.perf_counter() - t0, stats={k: v / stat_counts[k] for k, v in stat_sums.items()},
+                       trims=trimmer.trims)
 
 
 @torch.no_grad()

@@ -6,11 +6,16 @@ B x |items| logits), and glibc keeps the freed pages of its heap: the process's 
 size climbed by about 0.5 GiB over the first hundred steps (observed on Beauty) and the
 phases' peaks (the clustering pass, evaluation) stacked on top of it. ``malloc_trim(0)`` returns every free
 page (also those in the middle of the heap, through ``madvise``) without moving live
-memory. It is called at phase boundaries and every ``train.trim_every`` steps; trimming
-every step cost about 40% of the step here (the pages are faulted back in); every 25
-steps (the default since token packing, whose step-to-step shapes vary more) cost nothing
-that epoch timings here could separate from their noise (train 105.4 s against 106.3 s at
-100) and kept the epoch's peak at 1,338 MiB against 1,452-1,710 MiB at 100.
+memory. It is called at phase boundaries and, during training, by ``HeapTrimmer``: every
+``train.trim_every`` steps and/or whenever the resident size has grown by
+``train.trim_growth_mib`` since the last trim.
+
+Every trimmed page that the heap needs again comes back as a page fault (about 3 us each on
+this KVM machine, measured as jemalloc's purging costing +40 ms a step for 13,000 faults):
+trimming every step cost about 40% of the step; every 25 steps re-faulted about 340 MiB each
+time (2,200 faults a step). A growth bound trims only when the heap has actually grown, so it
+bounds the resident size with fewer faults (``bench/bench_trim.py``: 3,700 against 4,900 a step
+over 300 Beauty steps, the same or a lower peak).
 
 On a platform without glibc (macOS, musl) this is a no-op.
 """
@@ -21,6 +26,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+from dataclasses import dataclass, field
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,3 +61,39 @@ def resident_mib() -> float:
     except (OSError, IndexError, ValueError):
         return float("nan")
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@dataclass
+class HeapTrimmer:
+    """When to trim during a training epoch: call ``after_step(n)`` after the n-th step (1-based).
+
+    every: trim every this many steps (0 = never on a count).
+    growth_mib: trim when the resident size exceeds the size right after the last trim (or at
+        ``start``) by this many MiB (0 = never on growth). Measured after each trim, so memory
+        that stays live (not a free hole) raises the bar instead of triggering a trim per step.
+    """
+
+    every: int = 0
+    growth_mib: float = 0.0
+    trims: int = 0
+    _base: float = field(default=float("nan"), repr=False)
+
+    def start(self) -> None:
+        """Take the current resident size as the reference (call before the first step)."""
+        self._base = resident_mib()
+
+    def after_step(self, n: int) -> bool:
+        """Trim if a rule says so; True if it did."""
+        due = self.every > 0 and n % self.every == 0
+        if not due and self.growth_mib > 0:
+            rss = resident_mib()
+            if self._base != self._base:  # NaN: start() not called
+                self._base = rss
+            due = rss > self._base + self.growth_mib
+        if not due:
+            return False
+        release_free_memory()
+        self.trims += 1
+        if self.growth_mib > 0:
+            self._base = resident_mib()
+        return True

@@ -133,7 +133,8 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
                                 cfg.train.length_grouping, cfg.train.length_bucket_batches)
         res = train_epoch(model, model, step, data.train, partners, data.train, batches, loss_fn, epoch, intents,
                           cfg.train.seed, device, progress=cfg.train.progress, num_batches=len(batches),
-                          autocast=autocast, index=index, trim_every=cfg.train.trim_every)
+                          autocast=autocast, index=index, trim_every=cfg.train.trim_every,
+                          trim_growth_mib=cfg.train.trim_growth_mib)
         release_free_memory()
         if refresher is not None:
             refresher.record_training(epoch, res.stats)
