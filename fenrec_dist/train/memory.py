@@ -10,12 +10,12 @@ memory. It is called at phase boundaries and, during training, by ``HeapTrimmer`
 ``train.trim_every`` steps and/or whenever the resident size has grown by
 ``train.trim_growth_mib`` since the last trim.
 
-Every trimmed page that the heap needs again comes back as a page fault (about 3 us each on
-this KVM machine, measured as jemalloc's purging costing +40 ms a step for 13,000 faults):
-trimming every step cost about 40% of the step; every 25 steps re-faulted about 340 MiB each
-time (2,200 faults a step). A growth bound trims only when the heap has actually grown, so it
-bounds the resident size with fewer faults (``bench/bench_trim.py``: 3,700 against 4,900 a step
-over 300 Beauty steps, the same or a lower peak).
+Every trimmed page that the heap needs again comes back as a page fault, about 4 us of system
+time each on this KVM machine (``bench/bench_trim.py``, 300 Beauty steps: 20.4 ms of system
+time a step at 4,900 faults a step when trimming every 25 steps; 3.6 ms at 650 without
+trimming). Trimming every step cost about 40% of the step. A growth bound trims only when the
+heap has actually grown (7-8 times in those 300 steps): 3,700 faults a step, the same or a
+lower peak than every 25 steps.
 
 On a platform without glibc (macOS, musl) this is a no-op.
 """
