@@ -373,6 +373,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("loss.gamma: must be in (0, 1]")
     if cfg.model.hidden % cfg.model.heads:
         raise ConfigError("model.hidden: must be divisible by model.heads")
+    if cfg.train.trim_every < 0 or cfg.train.trim_growth_mib < 0:
+        raise ConfigError("train.trim_every/trim_growth_mib: must be >= 0 (0 = off)")
     if cfg.deepspeed.zero_stage not in (0, 1, 2, 3):
         raise ConfigError("deepspeed.zero_stage: must be 0, 1, 2 or 3")
 

@@ -107,3 +107,11 @@ def test_train_epoch_reports_growth_trims(tiny_data, tmp_path, monkeypatch):
     # readings: start r0; each step reads once, r_k - base > 1.5 happens every second step after a
     # trim re-reads the base (one reading), so a trim every 2nd step
     assert len(calls) == nb // 2
+
+
+def test_negative_trim_settings_are_rejected():
+    from fenrec_dist.config import ConfigError
+
+    for key in ("train.trim_every=-1", "train.trim_growth_mib=-5"):
+        with pytest.raises(ConfigError, match="train.trim_every/trim_growth_mib"):
+            load_config(None, [key])
