@@ -4,9 +4,11 @@
     .venv/bin/python bench/ablation_report.py runs/beauty-nosoft \\
         [--reference bench/results/beauty_accuracy.md] [--png bench/results/beauty_nosoft_valid.png]
 
-The reference is the per-epoch table that ``bench/accuracy_report.py`` printed for the
-reference run (``| epoch | phase | valid HR@20 | valid NDCG@20 | valid MRR | epoch s |``), so
-the comparison needs neither the reference run's directory nor a rerun of it. The ablation is
+The reference is either a run directory (its ``metrics.jsonl``: a rerun of the reference
+configuration with the same code and seed, whose random draws match the ablation's) or the
+per-epoch table that ``bench/accuracy_report.py`` printed for the reference run
+(``| epoch | phase | valid HR@20 | valid NDCG@20 | valid MRR | epoch s |``), which needs
+neither the reference run's directory nor a rerun of it. The ablation is
 a run directory (its ``metrics.jsonl``; it may still be running). Prints, for every epoch both
 have, the three validation metrics of each and the ablation's NDCG@20 minus the reference's,
 then the mean difference over the shared epochs and over those after the warm-up; draws both
@@ -46,13 +48,25 @@ def read_reference_table(path: Path) -> dict[int, dict]:
     return out
 
 
+def read_reference(path: Path) -> dict[int, dict]:
+    """A run directory's metrics.jsonl or an accuracy report's table, as ``read_reference_table``."""
+    if path.is_dir():
+        return {r["epoch"]: {"phase": r["phase"], **{k: r["valid"][k] for k in ("HR@20", "NDCG@20", "MRR")}}
+                for r in read_metrics(path)}
+    return read_reference_table(path)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
-    ap.add_argument("--reference", default=str(ROOT / "bench" / "results" / "beauty_accuracy.md"))
+    ap.add_argument("--reference", default=str(ROOT / "bench" / "results" / "beauty_accuracy.md"),
+                    help="a run directory or an accuracy report (.md)")
     ap.add_argument("--png", default=None)
     args = ap.parse_args()
-    ref = read_reference_table(Path(args.reference))
+    ref = read_reference(Path(args.reference))
+    if not ref:
+        print(f"no metrics in {args.reference}")
+        return 1
     recs = read_metrics(Path(args.run_dir))
     if not recs:
         print(f"no metrics in {args.run_dir}")
@@ -65,7 +79,7 @@ def main() -> int:
     diffs: list[tuple[str, float]] = []
     for r in shared:
         e, v, f = r["epoch"], r["valid"], ref[r["epoch"]]
-        d = round(v["NDCG@20"], 4) - f["NDCG@20"]  # the reference table has 4 decimals
+        d = round(v["NDCG@20"], 4) - round(f["NDCG@20"], 4)  # as printed (a report table has 4 decimals)
         diffs.append((r["phase"], d))
         print(f"| {e} | {r['phase']} | {f['HR@20']:.4f} | {v['HR@20']:.4f} | {f['NDCG@20']:.4f} | "
               f"{v['NDCG@20']:.4f} | {d:+.4f} | {f['MRR']:.4f} | {v['MRR']:.4f} |")
@@ -87,7 +101,7 @@ def main() -> int:
         fig, ax = plt.subplots(figsize=(7, 4))
         last = max(r["epoch"] for r in recs)
         ref_ep = [e for e in sorted(ref) if e <= max(last, 0) + 5]
-        ax.plot(ref_ep, [ref[e]["NDCG@20"] for e in ref_ep], marker=".", label="reference (soft labels)")
+        ax.plot(ref_ep, [ref[e]["NDCG@20"] for e in ref_ep], marker=".", label=f"reference: {Path(args.reference).name}")
         ax.plot([r["epoch"] for r in recs], [r["valid"]["NDCG@20"] for r in recs], marker=".", label=name)
         ax.set_xlabel("epoch")
         ax.set_ylabel("valid NDCG@20")
