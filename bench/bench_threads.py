@@ -15,7 +15,12 @@ alternating order (``_timing.interleaved``):
 - ``encoder_2x1``: the anchors and the partners encoded (forward + backward) at the same
   time in two Python threads with one intra-op thread each: inter-op instead of intra-op
   parallelism (torch releases the GIL inside its ops; the backward of a CPU graph runs on
-  the thread that calls it).
+  the thread that calls it);
+- ``step_split_2x1``: a whole step built on that (a prototype, not in the package): the 2B
+  rows split into two halves of equal length mix, each encoded in its own 1-thread Python
+  thread, the loss (2 threads) on the joined detached outputs, each half's encoder backward
+  (``torch.autograd.grad``) again in its own thread, the gradients summed in a fixed order,
+  then Adam.
 
 Reports ms per batch (median of the rounds), the scaling from 1 to 2 threads, and what
 the whole step at perfect 2-core scaling would give for a 514-batch epoch. Writes
@@ -97,7 +102,39 @@ def main() -> int:
         for t in ts:
             t.join()
 
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fenrec_dist.train.loop import step_generator
+
+    pool = ThreadPoolExecutor(2, initializer=lambda: torch.set_num_threads(1))
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = step_generator(0, 0)
+
+    def split_step(b: np.ndarray, ids: np.ndarray) -> None:
+        order = np.argsort((ids != 0).sum(axis=1), kind="stable")
+        halves = [order[0::2], order[1::2]]
+        zs = list(pool.map(lambda h: model(to_tensor(ids[h], arm.device)), halves))
+        leaves = [z.detach().requires_grad_() for z in zs]
+        inv = torch.from_numpy(np.argsort(np.concatenate(halves), kind="stable"))
+        z = torch.cat(leaves)[inv]
+        n = len(b)
+        arm.loss_fn(z[:n], z[n:], model.item_weights(), to_tensor(tab.target[b], arm.device),
+                    to_tensor(tab.future[b], arm.device), to_tensor(tab.future_len[b], arm.device), 0,
+                    arm.intents, gen).total.backward()
+        grads = list(pool.map(lambda k: torch.autograd.grad(zs[k], params, leaves[k].grad, allow_unused=True), [0, 1]))
+        for p, *gs in zip(params, *grads):
+            for g in gs:
+                if g is not None:
+                    p.grad = g.clone() if p.grad is None else p.grad.add_(g)
+        arm.opt.step()
+        arm.opt.zero_grad(set_to_none=True)
+
+    def split_steps() -> None:
+        for b, ids in zip(chosen, rows):
+            split_step(b, ids)
+
     arms = {
+        "step_split_2x1": split_steps,
         "step_1thread": with_threads(1, steps), "step_2threads": with_threads(2, steps),
         "encoder_1thread": with_threads(1, encoder_all), "encoder_2threads": with_threads(2, encoder_all),
         "encoder_2x1": encoder_2x1,
@@ -117,6 +154,7 @@ def main() -> int:
             "encoder_intra_op": round(ms["encoder_1thread"] / ms["encoder_2threads"], 2),
             "encoder_2x1_inter_op": round(ms["encoder_1thread"] / ms["encoder_2x1"], 2),
         },
+        "step_split_2x1_over_step_2threads": round(ms["step_split_2x1"] / ms["step_2threads"], 3),
         "epoch_train_s": {
             "at_2_threads": round(n_epoch * ms["step_2threads"] / 1000, 1),
             "at_perfect_2_core_scaling": round(n_epoch * ms["step_1thread"] / 2000, 1),
