@@ -142,6 +142,7 @@ def main() -> int:
     for fn in arms.values():  # warm-up: allocator, oneDNN primitives
         fn()
     times = interleaved(arms, args.rounds)
+    pool.shutdown()
     ms = {k: round(statistics.median(v) / len(chosen), 1) for k, v in times.items()}
     model.zero_grad(set_to_none=True)
     n_epoch = len(batches)
