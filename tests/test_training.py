@@ -99,3 +99,27 @@ def test_fused_adam_matches_the_per_parameter_loop():
         for pa, pb in zip(a.parameters(), b.parameters()):
             assert torch.allclose(pa, pb, atol=1e-6, rtol=0)
         assert not torch.equal(a[1].weight, net[1].weight)
+
+
+def test_save_state_is_atomic_and_loads_without_pickle(tmp_path):
+    import torch
+
+    from fenrec_dist.train.checkpoint import load_state, save_state
+
+    path = tmp_path / "ck" / "last.pt"
+    save_state(path, {"w": torch.arange(6.0).view(2, 3), "epoch": 3})
+    st = load_state(path)
+    assert st["epoch"] == 3 and torch.equal(st["w"], torch.arange(6.0).view(2, 3))
+
+    class NotSerialisable:  # torch.save fails part-way: the old checkpoint must survive intact
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_state(path, {"w": torch.zeros(2), "bad": NotSerialisable()})
+    assert load_state(path)["epoch"] == 3
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left behind
+
+    path.write_bytes(b"not a checkpoint")  # a corrupt or foreign file: a clear error, nothing unpickled
+    with pytest.raises(Exception):
+        load_state(path)

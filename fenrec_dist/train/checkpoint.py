@@ -35,12 +35,16 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """torch.save ``state`` to ``path`` via a temp file and rename (never half-written)."""
+    """torch.save ``state`` to ``path`` via a temp file, fsync and rename (never half-written,
+    also across a power loss: the bytes are on disk before the new name points at them)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(state, tmp)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
