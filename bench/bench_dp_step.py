@@ -111,8 +111,8 @@ def _rank(rank: int, world: int, port: int, data_dir: str, config: str, steps: i
 
     loop.encode_by_length = timer("encode", loop.encode_by_length)
     partners = PartnerIndex.build(data.train.target, data.num_items)
-    batches = epoch_batches(data.train.input_len, cfg.train.batch_size, epoch_rng(0, 0), True,
-                            cfg.train.length_bucket_batches)
+    batches = epoch_batches(data.train.input_len, cfg.train.batch_size, epoch_rng(0, 0),
+                            cfg.train.length_grouping, cfg.train.length_bucket_batches)
     for i in range(steps + 3):
         b = batches[i][rank::world]
         dist.barrier()

@@ -101,10 +101,12 @@ def fit_intents(arm: Arm):  # type: ignore[no-untyped-def]
 
 
 def epoch0_batches(arm: Arm) -> list:
-    """Epoch 0's batches of ``arm``'s training set (seed 0, length-grouped)."""
+    """Epoch 0's batches of ``arm``'s training set (seed 0; length-grouped when the config's
+    ``train.length_grouping`` is on)."""
     from fenrec_dist.train.batches import epoch_batches, epoch_rng
 
-    return epoch_batches(arm.data.train.input_len, arm.cfg.train.batch_size, epoch_rng(0, 0), True,
+    return epoch_batches(arm.data.train.input_len, arm.cfg.train.batch_size, epoch_rng(0, 0),
+                         arm.cfg.train.length_grouping,
                          arm.cfg.train.length_bucket_batches)
 
 

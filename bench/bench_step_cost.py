@@ -4,8 +4,9 @@
     .venv/bin/python bench/bench_step_cost.py [--batches 200] [--threads 2]
 
 Same set-up as ``bench/bench_step.py`` (configs/beauty.yaml after the warm-up, intents of
-the initial model), then one step on each of epoch 0's first ``--batches`` batches (the
-epoch's order is random across length groups, so they sample its mix of lengths). Fits
+the initial model), then one step on each of epoch 0's first ``--batches`` length-grouped
+batches (``train.length_grouping=true``: each batch holds similar lengths and the epoch's order
+is random across length groups, so they span its mix of lengths). Fits
 step ms = a + b x (thousands of anchor tokens) by least squares and reports a, b, the
 correlation, and the mean step of the shortest and longest halves. Writes
 bench/results/step_cost.json.
@@ -42,7 +43,7 @@ def main() -> int:
     from bench_step import epoch0_batches, fit_intents, prepared_arm
 
     torch.set_num_threads(args.threads)
-    arm = prepared_arm(args.data, args.config)
+    arm = prepared_arm(args.data, args.config, ["train.length_grouping=true"])  # batches spanning the lengths
     fit_intents(arm)
     batches = epoch0_batches(arm)
     for i in range(3):

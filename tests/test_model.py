@@ -92,6 +92,20 @@ def test_epoch_batches_cover_every_sample_once_and_vary_by_epoch():
     assert padded_grouped < 0.75 * padded_plain
 
 
+def test_default_batches_are_the_shuffled_epoch_cut_in_order():
+    """The paper's random batches: by default (config and function) an epoch is one permutation
+    cut into consecutive batches, so batch-mates are a random draw whatever their lengths."""
+    from fenrec_dist.config import Config
+
+    assert Config().train.length_grouping is False
+    lengths = np.random.default_rng(0).integers(1, 50, size=1000)
+    perm = epoch_rng(7, 3).permutation(1000)
+    plain = epoch_batches(lengths, 64, epoch_rng(7, 3))
+    assert len(plain) == 16
+    for i, b in enumerate(plain):
+        assert np.array_equal(b, perm[64 * i : 64 * (i + 1)])
+
+
 def test_partner_draws_share_the_target_and_avoid_self():
     target = np.array([5, 3, 5, 5, 2, 3, 9])
     idx = PartnerIndex.build(target, num_items=10)

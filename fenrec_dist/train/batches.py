@@ -23,7 +23,7 @@ def epoch_batches(
     lengths: np.ndarray,
     batch_size: int,
     rng: np.random.Generator,
-    grouping: bool = True,
+    grouping: bool = False,
     window_batches: int = 64,
     order_rng: np.random.Generator | None = None,
 ) -> list[np.ndarray]:
@@ -35,7 +35,10 @@ def epoch_batches(
         rng: the epoch's generator.
         grouping: sort each shuffled window of ``window_batches * batch_size`` samples
             by length, so batches hold similar lengths and little padding is computed;
-            the batch order is then shuffled across the whole epoch.
+            the batch order is then shuffled across the whole epoch. Each sample's own
+            computation is unchanged, but which samples share a batch (the in-batch, hard
+            and noise negatives' context) is not the random draw of the paper. False: the
+            shuffled epoch cut in order, random batches.
         order_rng: draws that shuffle of the batch order instead of ``rng``. Data-parallel
             workers pass one generator seeded alike on every rank: with equal batch counts
             the ranks then take their k-th batch from the same position of a length-sorted

@@ -53,7 +53,8 @@ def make_adam(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: flo
 def encode_by_length(net: Callable[[torch.Tensor], torch.Tensor], ids: np.ndarray, device: torch.device,
                      chunk_overhead: int = 512, packs: bool = False) -> torch.Tensor:
     """Encode rows int [N, L] in length-sorted chunks (``length_chunks``) so each chunk's
-    padding is trimmed (anchors are length-grouped but their same-target partners are not).
+    padding is trimmed (anchors may be length-grouped, ``train.length_grouping``; their same-target
+    partners never are).
     With ``packs`` (an encoder that groups rows by length itself: SASRec's ``pack_tokens``)
     the whole batch goes through one call. Returns float [N, d] in the original row order;
     each row's output is unchanged."""
