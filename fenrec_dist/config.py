@@ -110,6 +110,8 @@ class NegativesConfig:
 class IntentConfig:
     k: int = _f(256, "Number of k-means intents.")
     niter: int = _f(20, "k-means iterations.")
+    nredo: int = _f(1, "k-means runs from different seeds, the lowest objective kept (ICSRec's clustering "
+                       "uses 5; each run costs niter iterations).")
     batch_size: int = _f(2048, "Batch size of the eval-mode representation pass.")
 
 
@@ -379,6 +381,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.hidden: must be divisible by model.heads")
     if cfg.train.trim_every < 0 or cfg.train.trim_growth_mib < 0:
         raise ConfigError("train.trim_every/trim_growth_mib: must be >= 0 (0 = off)")
+    if cfg.intents.k < 1 or cfg.intents.niter < 1 or cfg.intents.nredo < 1:
+        raise ConfigError("intents.k/niter/nredo: must be >= 1")
     if cfg.deepspeed.zero_stage not in (0, 1, 2, 3):
         raise ConfigError("deepspeed.zero_stage: must be 0, 1, 2 or 3")
 

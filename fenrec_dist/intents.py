@@ -42,14 +42,17 @@ class IntentClusters:
         niter: int = 20,
         seed: int = 0,
         max_points_per_centroid: int = 1 << 30,
+        nredo: int = 1,
     ) -> "IntentClusters":
-        """k-means on reprs float32 [N, d]; k is capped at N (with a warning)."""
+        """k-means on reprs float32 [N, d]; k is capped at N (with a warning). ``nredo`` runs it
+        that many times from different seeds (the first as with nredo=1) and keeps the centroids
+        of the lowest objective."""
         x = np.ascontiguousarray(reprs, dtype=np.float32)
         if k > x.shape[0]:
             warnings.warn(f"intents.k={k} exceeds the {x.shape[0]} samples; using k={x.shape[0]}")
             k = x.shape[0]
         km = faiss.Kmeans(
-            x.shape[1], k, niter=niter, seed=seed, verbose=False,
+            x.shape[1], k, niter=niter, seed=seed, verbose=False, nredo=nredo,
             max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1,
         )
         km.train(x)

@@ -50,6 +50,7 @@ def test_overrides_take_precedence_and_are_typed():
         ("model.encoder=lstm", "model.encoder"),
         ("negatives.sources=[in_batch, bogus]", "negatives.sources"),
         ("loss.gamma", "section.key=value"),
+        ("intents.nredo=0", "intents.k/niter/nredo"),
     ],
 )
 def test_bad_overrides_name_the_key(override, needle):

@@ -94,7 +94,7 @@ def materialize_shard(shard: Any, max_len: int, horizon: int, rank: int = 0, wor
 
 
 def cluster_across_ranks(sample_ids: np.ndarray, reprs: np.ndarray, k: int, niter: int, seed: int,
-                         device: torch.device) -> IntentClusters:
+                         device: torch.device, nredo: int = 1) -> IntentClusters:
     """k-means once over every rank's representations, in sample-id order (as in one
     process), on rank 0; the centroids are broadcast so all ranks assign identically.
 
@@ -102,13 +102,14 @@ def cluster_across_ranks(sample_ids: np.ndarray, reprs: np.ndarray, k: int, nite
         sample_ids: int64 [n_r] this rank's sample ids; reprs: float32 [n_r, d].
     """
     _, all_reprs = C.gather_rows_to_all(sample_ids, reprs, device)
-    return cluster_gathered(all_reprs, k, niter, seed, device)
+    return cluster_gathered(all_reprs, k, niter, seed, device, nredo)
 
 
-def cluster_gathered(all_reprs: np.ndarray, k: int, niter: int, seed: int, device: torch.device) -> IntentClusters:
+def cluster_gathered(all_reprs: np.ndarray, k: int, niter: int, seed: int, device: torch.device,
+                     nredo: int = 1) -> IntentClusters:
     """k-means on rank 0 over the gathered representations float32 [N, d]; centroids broadcast."""
     rank, _ = C.world()
-    cents = IntentClusters.fit(all_reprs, k, niter, seed=seed).centroids if rank == 0 else None
+    cents = IntentClusters.fit(all_reprs, k, niter, seed=seed, nredo=nredo).centroids if rank == 0 else None
     return IntentClusters(C.broadcast_array(cents, (min(k, all_reprs.shape[0]), all_reprs.shape[1]), device))
 
 
@@ -122,7 +123,8 @@ def epoch_representations_distributed(encoder: SequenceEncoder, local: SampleTab
         return None, None
     reprs = embed(encoder, local.inputs, cfg.intents.batch_size, device)
     _, all_reprs = C.gather_rows_to_all(local.sample_id, reprs, device)
-    intents = cluster_gathered(all_reprs, cfg.intents.k, cfg.intents.niter, cfg.train.seed + epoch, device) \
+    intents = cluster_gathered(all_reprs, cfg.intents.k, cfg.intents.niter, cfg.train.seed + epoch, device,
+                               cfg.intents.nredo) \
         if cfg.loss.beta_fine > 0 else None
     return intents, all_reprs
 

@@ -43,7 +43,8 @@ def epoch_representations(encoder: SequenceEncoder, data: PreparedData, cfg: Con
     if cfg.loss.beta_fine <= 0 and not need_reprs:
         return None, None
     reprs = embed(encoder, data.train.inputs, cfg.intents.batch_size, device)
-    intents = IntentClusters.fit(reprs, cfg.intents.k, cfg.intents.niter, seed=cfg.train.seed + epoch) \
+    intents = IntentClusters.fit(reprs, cfg.intents.k, cfg.intents.niter, seed=cfg.train.seed + epoch,
+                                 nredo=cfg.intents.nredo) \
         if cfg.loss.beta_fine > 0 else None
     return intents, reprs
 
