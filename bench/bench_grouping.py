@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,18 +79,12 @@ def main() -> int:
         return 0
     import numpy as np
     import torch
-    from bench_step import Arm, fit_intents
+    from bench_step import twin_arms
 
-    from fenrec_dist.data.prepare import prepare
     from fenrec_dist.train.batches import epoch_batches, epoch_rng
 
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        prepare(args.data, Path(tmp) / "data")
-        data_dir = str(Path(tmp) / "data")
-        grouped = Arm("fenrec_dist", args.config, [], data_dir, None, None)
-        centroids = fit_intents(grouped)
-        random_ = Arm("fenrec_dist", args.config, [], data_dir, grouped.model.state_dict(), centroids)
+    grouped, random_ = twin_arms(args.data, args.config)
     cfg = grouped.cfg
     lengths, targets = grouped.data.train.input_len, grouped.data.train.target
     bs, wb = cfg.train.batch_size, cfg.train.length_bucket_batches
@@ -99,17 +92,10 @@ def main() -> int:
         "grouped": composition(epoch_batches(lengths, bs, epoch_rng(cfg.train.seed, 0), True, wb), lengths, targets),
         "random": composition(epoch_batches(lengths, bs, epoch_rng(cfg.train.seed, 0), False, wb), lengths, targets),
     }
-    perm = epoch_rng(cfg.train.seed, 0).permutation(len(lengths))
-    window = wb * bs
-    plan_g: list = []
-    plan_r: list = []
-    for w in range(args.windows):
-        chunk = perm[w * window : (w + 1) * window]
-        srt = chunk[np.argsort(lengths[chunk], kind="stable")]
-        plan_g += [srt[i : i + bs] for i in range(0, len(srt), bs)]
-        plan_r += [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
-    order = np.random.default_rng(1).permutation(len(plan_g))
-    plan_g = [plan_g[i] for i in order]
+    # the first windows of epoch 0's shuffled samples, cut into batches both ways by epoch_batches itself
+    chunk = epoch_rng(cfg.train.seed, 0).permutation(len(lengths))[: args.windows * wb * bs]
+    plan_g = [chunk[b] for b in epoch_batches(lengths[chunk], bs, np.random.default_rng(1), True, wb)]
+    plan_r = [chunk[b] for b in epoch_batches(lengths[chunk], bs, np.random.default_rng(1), False, wb)]
     assert sorted(np.concatenate(plan_g).tolist()) == sorted(np.concatenate(plan_r).tolist())
     for i in range(args.warm):
         grouped.run(plan_g[i], seed=10_000 + i)

@@ -88,6 +88,20 @@ def prepared_arm(data: str, config: str, overrides: list[str] | None = None) -> 
         return Arm("fenrec_dist", config, list(overrides or []), str(Path(tmp) / "data"), None, None)
 
 
+def twin_arms(data: str, config: str, overrides: list[str] | None = None) -> tuple[Arm, Arm]:
+    """Two Arms of this checkout's package on ``data`` (prepared once) with the same initial
+    model and the same intents of that model (``fit_intents``): the two sides of an A/B."""
+    from fenrec_dist.data.prepare import prepare
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare(data, Path(tmp) / "data")
+        data_dir = str(Path(tmp) / "data")
+        first = Arm("fenrec_dist", config, list(overrides or []), data_dir, None, None)
+        centroids = fit_intents(first)
+        second = Arm("fenrec_dist", config, list(overrides or []), data_dir, first.model.state_dict(), centroids)
+    return first, second
+
+
 def fit_intents(arm: Arm):  # type: ignore[no-untyped-def]
     """k-means intents of ``arm``'s initial model over the training set; sets ``arm.intents``
     and returns the centroids (to hand to another arm)."""

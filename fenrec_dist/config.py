@@ -128,7 +128,7 @@ class TrainConfig:
         False, "Sort each shuffled window of length_bucket_batches batches by input length before cutting it "
         "into batches: less padding, but batch-mates (the contrastive negatives) then share lengths, so the "
         "objective is not the paper's. Off: random batches as in ICSRec/FENRec; with model.pack_tokens "
-        "grouping saves under 2% of a step (bench/bench_grouping.py).")
+        "grouping saves no measurable step time (bench/bench_grouping.py).")
     length_bucket_batches: int = _f(64, "Batches per length-sorting window of the shuffled epoch (length_grouping).")
     threads: int = _f(0, "torch intra-op threads; 0 keeps torch's default.")
     trim_every: int = _f(0, "Return freed heap pages to the OS (glibc malloc_trim) every N steps (0 = off); "
