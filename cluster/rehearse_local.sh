@@ -2,7 +2,9 @@
 # Local rehearsal of the cluster workflow in cluster/README.md, on this machine only:
 # tiny synthetic data -> a one-node Ray head on 127.0.0.1 -> the README's `ray job submit`
 # (with cluster/runtime_env.yaml) on configs/demo.yaml -> job status -> head stopped.
-# A few minutes on 2 cores.  Usage:  bash cluster/rehearse_local.sh
+# A few minutes on 2 cores.  Usage:  bash cluster/rehearse_local.sh [--tune]
+# --tune also submits the README's sweep job (`python -m fenrec_dist.cli tune` with
+# tune_spaces/quick.yaml, 2 trials) to the same head and checks its best.yaml and trials.csv.
 #
 # Stopping: a bare `ray stop` kills EVERY Ray process of this user on the machine (other
 # shells, other test runs). The head is therefore started with `ray start --block` in the
@@ -11,6 +13,12 @@
 # carries this run's unique --temp-dir is terminated. On a dedicated machine,
 # REHEARSE_RAY_STOP_ALL=1 additionally runs a plain `ray stop`.
 set -euo pipefail
+TUNE=0
+case "${1:-}" in
+    --tune) TUNE=1 ;;
+    "") ;;
+    *) echo "usage: bash cluster/rehearse_local.sh [--tune]" >&2; exit 2 ;;
+esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -99,3 +107,24 @@ if [ "$rc" -ne 0 ] || ! grep -qi "succeeded" <<<"$status"; then
     exit 1
 fi
 echo "REHEARSAL OK: job $SID SUCCEEDED"
+
+if [ "$TUNE" = 1 ]; then
+    TID="fenrec-rehearse-tune-$(date +%Y%m%d-%H%M%S)"
+    echo "== ray job submit: sweep ($TID)"
+    rc=0
+    timeout 1800 ray job submit --address "$ADDRESS" --submission-id "$TID" \
+        --runtime-env cluster/runtime_env.yaml --working-dir . -- \
+        python -m fenrec_dist.cli tune --config configs/demo.yaml --space tune_spaces/quick.yaml \
+        --trials 2 --max-concurrent 1 --set data.path="$DATA" --set distributed.cpus_per_worker=0.5 \
+        --out "$STORE/tune-quick" || rc=$?
+    echo "== job status"
+    status="$(ray job status --address "$ADDRESS" "$TID" 2>&1 | grep -v -- '-----')"
+    echo "$status"
+    if [ "$rc" -ne 0 ] || ! grep -qi "succeeded" <<<"$status" \
+            || [ ! -s "$STORE/tune-quick/best.yaml" ] || [ ! -s "$STORE/tune-quick/trials.csv" ]; then
+        echo "SWEEP REHEARSAL FAILED (submit rc=$rc)"
+        exit 1
+    fi
+    sed 's/^/   /' "$STORE/tune-quick/trials.csv"
+    echo "SWEEP REHEARSAL OK: job $TID SUCCEEDED, $STORE/tune-quick/best.yaml written"
+fi

@@ -71,6 +71,10 @@ def readme_submit_lines() -> list[str]:
     return [ln for ln in readme_blocks() if ln.startswith("ray job submit")]
 
 
+def is_tune_submit(line: str) -> bool:
+    return shlex.split(line.split(" -- ", 1)[1])[:4] == ["python", "-m", "fenrec_dist.cli", "tune"]
+
+
 def rehearse_submit(data: Path, store: Path) -> str:
     """The script's `ray job submit` command, its shell variables substituted."""
     text = REHEARSE.read_text().replace("\\\n", " ")
@@ -85,7 +89,7 @@ def rehearse_submit(data: Path, store: Path) -> str:
 
 def entrypoints(data: Path, store: Path) -> dict[str, list[str]]:
     out = {"rayjob": ray_job_args(load(RAYJOB)["spec"]["entrypoint"])}
-    for i, line in enumerate(readme_submit_lines()):
+    for i, line in enumerate(ln for ln in readme_submit_lines() if not is_tune_submit(ln)):
         out[f"readme-submit-{i}"] = ray_job_args(line.split(" -- ", 1)[1])
     for i, line in enumerate(ln for ln in readme_blocks() if ln.startswith("python ray_job.py")):
         out[f"readme-dryrun-{i}"] = ray_job_args(line)
@@ -256,7 +260,8 @@ def test_readme_references_existing_files() -> None:
         assert argv[argv.index("--runtime-env") + 1] == "cluster/runtime_env.yaml"
         assert argv[argv.index("--working-dir") + 1] == "."
         assert argv[argv.index("--address") + 1] == "http://127.0.0.1:8265"
-    assert "fenrec tune" in text and "not yet available" in text
+    assert "not yet available" not in text
+    assert any(is_tune_submit(ln) for ln in submits), "README shows no sweep job"
 
 
 def test_rehearse_script() -> None:
@@ -270,6 +275,30 @@ def test_rehearse_script() -> None:
     # Unix socket paths under --temp-dir must stay < 108 characters.
     tmp = re.search(r'RAY_TMP="\$\(mktemp -d (\S+)\)"', text).group(1)
     assert len(tmp) < 30
+
+
+def test_readme_sweep_job_resolves_on_tiny_data(tiny_data: Path, tmp_path: Path) -> None:
+    """The README's sweep job: its `fenrec tune` arguments parse, and its space, config and
+    overrides resolve and validate (``plan_sweep``, everything a sweep checks before Ray
+    starts) with ``data.path`` pointed at the tiny dataset."""
+    from fenrec_dist.cli import build_parser
+    from fenrec_dist.tune.sweep import plan_sweep
+
+    lines = [ln for ln in readme_submit_lines() if is_tune_submit(ln)]
+    assert lines
+    for line in lines:
+        args = build_parser().parse_args(shlex.split(line.split(" -- ", 1)[1])[3:])
+        assert args.space and (ROOT / args.space).is_file() and args.out
+        sets = [o for o in args.overrides if not o.startswith("data.path=")] + [f"data.path={tiny_data}"]
+        assert len(sets) == len(args.overrides), "the sweep job must set data.path"
+        sweep_dir, space, base, resuming = plan_sweep(str(ROOT / args.config), str(ROOT / args.space), sets,
+                                                      str(tmp_path / "sweep"), args.trials, None)
+        assert not resuming and space.params and base.data.path == str(tiny_data)
+        for o in sets:
+            key, value = o.split("=", 1)
+            section, name = key.split(".")
+            assert str(getattr(getattr(base, section), name)).lower() == value.lower(), o
+    assert "--tune" in REHEARSE.read_text() and "fenrec_dist.cli tune" in REHEARSE.read_text()
 
 
 def test_entrypoints_dry_run_on_tiny_data(tiny_data: Path, tmp_path: Path) -> None:
