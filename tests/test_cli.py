@@ -58,15 +58,21 @@ def test_sigterm_stops_a_local_run_resumably(tiny_data, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert f"fenrec train --resume {run} --local" in err and "Traceback" not in err
-    done = len(metrics.read_text().splitlines())
-    assert 2 <= done < 40 and (run / "checkpoints" / "last.pt").exists() and not (run / "final.json").exists()
+    # finished epochs = those last.pt holds; a kill between an epoch's metrics line and its
+    # checkpoint leaves one line more, which --resume drops and trains again
+    from fenrec_dist.train.checkpoint import load_state
+
+    done = load_state(run / "checkpoints" / "last.pt")["epoch"]
+    lines = len(metrics.read_text().splitlines())
+    assert lines in (done, done + 1)
+    assert 1 <= done < 40 and not (run / "final.json").exists()
     # --resume refuses to change what the run computes, and leaves the run as it was
     saved = (run / "config.yaml").read_text()
     res = subprocess.run([sys.executable, "-m", "fenrec_dist.cli", "train", "--resume", str(run), "--local",
                           "--set", "train.threads=1", "--set", "loss.gamma=0.3"], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 2 and "'loss.gamma' is fixed by the run's config.yaml" in res.stderr, res.stderr
-    assert (run / "config.yaml").read_text() == saved and len(metrics.read_text().splitlines()) == done
+    assert (run / "config.yaml").read_text() == saved and len(metrics.read_text().splitlines()) == lines
     # continue it, now for only a few more epochs (the saved config says 40: cut it with the time limit)
     res = subprocess.run([sys.executable, "-m", "fenrec_dist.cli", "train", "--resume", str(run), "--local",
                           "--set", "train.time_limit_min=1e-6"], capture_output=True, text=True, timeout=300)
@@ -90,3 +96,54 @@ def test_worker_setup_quiets_the_noisy_library_loggers():
     assert logging.getLogger("ray.data").level == logging.WARNING
     assert logging.getLogger(ctx.__file__) is ctx.logger  # the logger Ray Train reports through
     assert ctx.logger.level == logging.WARNING
+
+
+def test_evaluate_rescores_the_best_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
+    """`fenrec evaluate RUN_DIR` scores best.pt again (not last.pt, not final.json): its test
+    metrics are final.json's, and those of an independent full ranking with best.pt's weights."""
+    import numpy as np
+    import torch
+
+    from conftest import tiny_overrides
+    from fenrec_dist.config import load_config
+    from fenrec_dist.data.dataset import load_prepared
+    from fenrec_dist.metrics import finalize, rank_metrics, scores_ranks
+    from fenrec_dist.model import build_encoder
+    from fenrec_dist.train import single
+    from fenrec_dist.train.checkpoint import load_state
+
+    run = tmp_path / "run"
+    script = iter([0.9, 0.1])  # epoch 0 validates best, so best.pt != last.pt
+    real = single.evaluate_split
+    with monkeypatch.context() as mp:
+        mp.setattr(single, "evaluate_split", lambda m, d, c, split, dev: (
+            real(m, d, c, split, dev) if split == "test" else {**real(m, d, c, split, dev), "NDCG@20": next(script, 0.0)}))
+        final = single.train_single(load_config(None, tiny_overrides(tiny_data, train__epochs=2)), run,
+                                    log=lambda *_: None)
+    assert final["best_epoch"] == 0 and load_state(run / "checkpoints" / "last.pt")["epoch"] == 2
+    (run / "final.json").unlink()
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    printed = capsys.readouterr().out  # a summary line, then final.json's content
+    out = json.loads(printed[printed.index("{"):])
+    assert out["best_epoch"] == 0 and out["test"] == final["test"]
+    assert json.loads((run / "final.json").read_text()) == out  # written again
+
+    cfg = load_config(None, tiny_overrides(tiny_data))
+    data = load_prepared(tiny_data, max_len=10, horizon=2)
+    model = build_encoder(cfg.model, data.num_items, data.max_len)
+    model.load_state_dict(load_state(run / "checkpoints" / "best.pt")["model"])
+    model.eval()
+    w = model.item_emb.weight.detach()
+    for split in ("valid", "test"):
+        with torch.no_grad():
+            z = model(torch.from_numpy(data.eval.inputs(split, 10)).long())
+        targets = torch.from_numpy(data.eval.targets(split).astype(np.int64))
+        values, offsets = data.eval.sequences(split)  # the whole history (+ valid for test)
+        width = int(np.diff(offsets).max())
+        exclude = torch.zeros(len(targets), width, dtype=torch.long)
+        for u in range(len(targets)):
+            row = torch.from_numpy(values[offsets[u]:offsets[u + 1]].astype(np.int64))
+            exclude[u, :len(row)] = row
+        ranks = scores_ranks(z.double() @ w.double().T, targets, exclude)
+        assert finalize(rank_metrics(ranks, cfg.eval.ks)) == out[split], split

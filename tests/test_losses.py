@@ -552,3 +552,44 @@ def test_fenrec_loss_with_noise_and_intents_matches_explicit_construction():
         grads.append(_grads(parts.total, [a, p]))
     for x, y in zip(*grads):
         assert torch.allclose(x, y, atol=1e-10)
+
+
+def _spread_centroids() -> np.ndarray:
+    """Centroids of very different lengths, so the nearest raw centroid (L2) and the best
+    normalised centroid (inner product) disagree for many points."""
+    rng = np.random.default_rng(11)
+    c = rng.standard_normal((6, 5)).astype(np.float32)
+    return c * np.array([0.1, 0.5, 1.0, 3.0, 8.0, 20.0], dtype=np.float32)[:, None]
+
+
+def test_intent_centroids_are_unit_rows_in_the_raw_directions():
+    raw = _spread_centroids()
+    fitted = IntentClusters.fit((np.random.default_rng(0).standard_normal((300, 5)) * 5).astype(np.float32), 7, seed=0)
+    for clusters in (IntentClusters(raw), fitted):
+        normed = clusters.normed("cpu")
+        assert normed.shape == clusters.centroids.shape and normed.dtype == torch.float32
+        assert torch.allclose(normed.norm(dim=1), torch.ones(clusters.k), atol=1e-6)
+        # the same directions as the raw centroids: normed * |c| = c
+        scale = np.linalg.norm(clusters.centroids, axis=1, keepdims=True)
+        assert np.allclose(normed.numpy() * scale, clusters.centroids, atol=1e-5)
+        _, c = clusters.assign(torch.randn(10, clusters.centroids.shape[1]))
+        assert torch.allclose(c.norm(dim=1), torch.ones(10), atol=1e-6)
+
+
+def test_intent_assignment_is_the_nearest_raw_centroid_in_l2():
+    """intents.py: 'each representation's intent is its nearest (raw) centroid, found through a
+    FAISS flat L2 index — the k-means assignment rule'. Brute force in numpy, on points where
+    the inner product with the normalised centroids would choose otherwise."""
+    raw = _spread_centroids()
+    clusters = IntentClusters(raw)
+    x = (np.random.default_rng(1).standard_normal((500, 5)) * 4).astype(np.float32)
+    d2 = ((x[:, None, :].astype(np.float64) - raw[None].astype(np.float64)) ** 2).sum(-1)
+    want = d2.argmin(1)
+    by_cosine = (x @ (raw / np.linalg.norm(raw, axis=1, keepdims=True)).T).argmax(1)
+    assert (want != by_cosine).mean() > 0.2  # the points tell the two rules apart
+    got = clusters.assign_numpy(x)
+    assert got.dtype == np.int64 and np.array_equal(got, want)
+    ids, c = clusters.assign(torch.from_numpy(x).double())
+    assert ids.dtype == torch.long and np.array_equal(ids.numpy(), want)
+    assert c.dtype == torch.float64 and torch.allclose(c.float(), clusters.normed("cpu")[torch.from_numpy(want)])
+    assert np.array_equal(clusters.sizes(x), np.bincount(want, minlength=6))

@@ -29,19 +29,45 @@ def test_trim_left_padding_keeps_absolute_offset():
     assert torch.equal(cut, ids[:, 7:])
 
 
+@pytest.mark.parametrize("lengths", [[1, 4, 7, 12, 3], [1, 4, 7, 3, 5]], ids=["full-row", "trimmed"])
 @pytest.mark.parametrize("trim,last", [(True, False), (False, True), (True, True)])
-def test_sasrec_speedups_equal_plain_computation(trim, last):
+def test_sasrec_speedups_equal_plain_computation(trim, last, lengths):
     cfg = ModelConfig(hidden=16, heads=2, layers=2, trim_padding=trim, last_position_only=last, pack_tokens=False)
     torch.manual_seed(0)
     fast = SASRec(cfg, num_items=30, max_len=12).eval()
     plain_cfg = dataclasses.replace(cfg, trim_padding=False, last_position_only=False)
     plain = SASRec(plain_cfg, num_items=30, max_len=12).eval()
     plain.load_state_dict(fast.state_dict())
-    ids = _batch([1, 4, 7, 12, 3])
+    ids = _batch(lengths)
+    assert trim_left_padding(ids)[1] == 12 - max(lengths)  # 'trimmed': 5 padding columns cut
     with torch.no_grad():
         ref = plain.sequence_output(ids)[:, -1]
         assert torch.allclose(plain(ids), ref, atol=1e-6)
         assert torch.allclose(fast(ids), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("lengths", [[1, 4, 7, 12, 3], [1, 4, 7, 3, 5]], ids=["full-row", "trimmed"])
+@pytest.mark.parametrize("trim,last", [(True, False), (False, True), (True, True)])
+def test_sasrec_speedups_train_mode_gradients_equal_plain_computation(trim, last, lengths):
+    """Unpacked path (pack_tokens off), train mode with dropout 0: trimmed padding and/or the
+    last-position-only block give the plain computation's outputs and every parameter's gradient."""
+    cfg = ModelConfig(hidden=16, heads=2, layers=2, dropout=0.0, attn_dropout=0.0, trim_padding=trim,
+                      last_position_only=last, pack_tokens=False)
+    torch.manual_seed(0)
+    fast = SASRec(cfg, num_items=30, max_len=12).train()
+    plain = SASRec(dataclasses.replace(cfg, trim_padding=False, last_position_only=False), 30, 12).train()
+    plain.load_state_dict(fast.state_dict())
+    assert not fast.packs_tokens
+    ids = _batch(lengths, seed=2)
+    w = torch.randn(len(lengths), 16, generator=torch.Generator().manual_seed(5))
+    out_fast, out_plain = fast(ids), plain.sequence_output(ids)[:, -1]
+    assert torch.allclose(out_fast, out_plain, atol=1e-5)
+    (out_fast * w).sum().backward()
+    (out_plain * w).sum().backward()
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if b.grad is not None:
+            assert torch.allclose(a.grad, b.grad, atol=1e-5), name
 
 
 def test_sasrec_output_ignores_padding_content_and_batchmates():
@@ -90,6 +116,36 @@ def test_epoch_batches_cover_every_sample_once_and_vary_by_epoch():
     assert sorted(np.concatenate(plain).tolist()) == list(range(1000))
     padded_plain = sum(len(b) * lengths[b].max() for b in plain)
     assert padded_grouped < 0.75 * padded_plain
+
+
+def test_length_grouped_batch_order_is_shuffled_across_windows():
+    """grouping=True: each batch is a length-sorted cut of one shuffled window, but the batches
+    then come in random order over the whole epoch: neither window by window nor by length."""
+    lengths = np.random.default_rng(0).integers(1, 50, size=1000)
+    bs, wb = 32, 4
+    longest_at = set()
+    for seed in range(5):
+        batches = epoch_batches(lengths, bs, epoch_rng(seed, 0), grouping=True, window_batches=wb)
+        pos = np.empty(1000, dtype=np.int64)  # each sample's place in the epoch's permutation
+        pos[epoch_rng(seed, 0).permutation(1000)] = np.arange(1000)
+        windows = []
+        for b in batches:
+            w = np.unique(pos[b] // (bs * wb))
+            assert len(w) == 1  # a batch never mixes windows
+            windows.append(int(w[0]))
+        windows = np.array(windows)
+        mean_len = np.array([lengths[b].mean() for b in batches])
+        out_of_order = 0
+        for w in np.unique(windows):
+            mine = [b for b, x in zip(batches, windows) if x == w]
+            ranges = sorted((lengths[b].min(), lengths[b].max()) for b in mine)
+            assert all(hi <= lo for (_, hi), (lo, _) in zip(ranges, ranges[1:]))  # length-sorted cuts
+            out_of_order += bool(np.any(np.diff([lengths[b].mean() for b in mine]) < 0))
+        assert np.any(np.diff(windows) < 0)  # not window by window
+        assert out_of_order > 0  # inside a window not in length order either
+        assert np.any(np.diff(mean_len) < 0) and np.any(np.diff(mean_len) > 0)  # not monotone in length
+        longest_at.add(int(np.argmax(mean_len)))
+    assert len(longest_at) > 1
 
 
 def test_default_batches_are_the_shuffled_epoch_cut_in_order():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import tiny_overrides
@@ -123,3 +124,283 @@ def test_save_state_is_atomic_and_loads_without_pickle(tmp_path):
     path.write_bytes(b"not a checkpoint")  # a corrupt or foreign file: a clear error, nothing unpickled
     with pytest.raises(Exception):
         load_state(path)
+
+
+# --- scripted validation metrics -------------------------------------------------------------
+
+def _weights_key(model) -> bytes:
+    """The model's exact parameter bytes (identifies which epoch's weights a model holds)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.digest()
+
+
+class ScriptedValid:
+    """Replaces ``single.evaluate_split`` for the 'valid' split: the n-th distinct set of weights
+    validated gets NDCG@20 = script[n] (other keys tell the epochs apart); the same weights met
+    again (the best checkpoint loaded by ``finish``) get the same record. 'test' is scored for real."""
+
+    def __init__(self, monkeypatch, script):
+        from fenrec_dist.train import single
+
+        self.script = list(script)
+        self.by_weights: dict[bytes, dict[str, float]] = {}
+        self.keys: list[bytes] = []
+        real = single.evaluate_split
+
+        def fake(model, data, cfg, split, device):
+            if split != "valid":
+                return real(model, data, cfg, split, device)
+            key = _weights_key(model)
+            if key not in self.by_weights:
+                e = len(self.keys)
+                self.keys.append(key)
+                self.by_weights[key] = {k: (self.script[e] if k == "NDCG@20" else 0.01 * (e + 1)) for k in KEYS}
+            return dict(self.by_weights[key])
+
+        monkeypatch.setattr(single, "evaluate_split", fake)
+
+
+# NDCG@20 per epoch: best at epoch 1, a tie at 2 (not an improvement), worse at 3; with patience 2
+# the run must stop there: epochs 4 and 5 (0.9, a new best) must never run.
+SCRIPT = [0.1, 0.3, 0.3, 0.2, 0.9, 0.9]
+
+
+def test_early_stopping_ties_are_not_improvements_and_it_stops_after_patience():
+    from fenrec_dist.train.early_stopping import EarlyStopping
+
+    es = EarlyStopping(patience=2)
+    assert not es.should_stop
+    assert es.update(0.1, 0) and es.update(0.3, 1)
+    assert not es.update(0.3, 2)  # a tie
+    assert (es.best, es.best_epoch, es.bad_epochs, es.should_stop) == (0.3, 1, 1, False)
+    assert es.update(0.31, 3) and es.bad_epochs == 0 and es.best_epoch == 3  # an improvement resets the count
+    for patience in (1, 2, 3, 5):
+        es = EarlyStopping(patience=patience)
+        es.update(1.0, 0)
+        stopped_after = None
+        for epoch in range(1, 20):
+            es.update(1.0 - 0.01 * (epoch % 2), epoch)  # ties and worse values only
+            if es.should_stop:
+                stopped_after = epoch
+                break
+        assert stopped_after == patience and es.best_epoch == 0
+    es = EarlyStopping(patience=3)
+    es.update(0.2, 0), es.update(0.1, 1)
+    again = EarlyStopping.from_state(es.state_dict())  # what a checkpoint carries
+    assert again == es and again.bad_epochs == 1 and not again.update(0.2, 2) and again.bad_epochs == 2
+
+
+def test_early_stopping_run_keeps_the_best_epoch_not_the_last(tiny_data, tmp_path, monkeypatch):
+    from fenrec_dist.config import load_config as _lc
+    from fenrec_dist.model import build_encoder
+    from fenrec_dist.train.checkpoint import load_state
+
+    scripted = ScriptedValid(monkeypatch, SCRIPT)
+    run = tmp_path / "run"
+    final = train_single(_cfg(tiny_data, train__epochs=6, train__patience=2), run, log=lambda *_: None)
+    recs = read_metrics(run)
+    assert [r["epoch"] for r in recs] == [0, 1, 2, 3]  # stopped after 2 non-improving epochs (tie included)
+    ndcg = [r["valid"]["NDCG@20"] for r in recs]
+    assert ndcg == SCRIPT[:4]
+    best = int(np.argmax(ndcg))
+    assert best == 1 and final["best_epoch"] == best and recs[-1]["best_epoch"] == best and recs[-1]["best"] == 0.3
+    assert final["valid"] == recs[best]["valid"]  # finish() re-scored exactly epoch 1's weights
+    assert json.loads((run / "final.json").read_text()) == final
+    best_st, last_st = load_state(run / "checkpoints" / "best.pt"), load_state(run / "checkpoints" / "last.pt")
+    assert best_st["epoch"] == best and best_st["valid"] == recs[best]["valid"] and last_st["epoch"] == 4
+    cfg = _lc(None, tiny_overrides(tiny_data))
+    m = build_encoder(cfg.model, best_st["model"]["item_emb.weight"].shape[0] - 1, 10)
+    m.load_state_dict(best_st["model"])
+    assert _weights_key(m) == scripted.keys[best]
+    m.load_state_dict(last_st["model"])
+    assert _weights_key(m) == scripted.keys[3] != scripted.keys[best]
+
+
+def test_resumed_run_keeps_best_epoch_and_stop_epoch_of_an_uninterrupted_one(tiny_data, tmp_path, monkeypatch):
+    """Interrupted after epoch 2 (the best is epoch 1, one bad epoch counted), then resumed: the
+    early-stopping state and best.pt come back, so the run stops and selects as if never cut."""
+    from fenrec_dist.train.checkpoint import load_state
+
+    cfg = dict(train__epochs=6, train__patience=2)
+    ScriptedValid(monkeypatch, SCRIPT)
+    full = train_single(_cfg(tiny_data, **cfg), tmp_path / "full", log=lambda *_: None)
+    ScriptedValid(monkeypatch, SCRIPT)  # a fresh script, shared by both halves of the cut run
+
+    def stop_after_epoch_2(line: str) -> None:
+        if line.startswith("epoch   2"):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_single(_cfg(tiny_data, **cfg), tmp_path / "cut", log=stop_after_epoch_2)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "cut")] == [0, 1, 2]
+    resumed = train_single(_cfg(tiny_data, **cfg), tmp_path / "cut", resume=True, log=lambda *_: None)
+    a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [0, 1, 2, 3]
+    assert [(r["best"], r["best_epoch"], r["valid"]) for r in a] == [(r["best"], r["best_epoch"], r["valid"]) for r in b]
+    assert resumed == full and full["best_epoch"] == 1 and full["valid"]["NDCG@20"] == 0.3
+    assert load_state(tmp_path / "cut" / "checkpoints" / "best.pt")["epoch"] == 1
+    assert load_state(tmp_path / "cut" / "checkpoints" / "last.pt")["epoch"] == 4
+
+
+def test_intents_are_clustered_once_per_epoch(tiny_data, tmp_path, monkeypatch):
+    from fenrec_dist.intents import IntentClusters
+
+    original = IntentClusters.fit.__func__
+    calls = []
+
+    def spy(cls, reprs, k, *args, **kwargs):
+        calls.append((reprs.shape, k, kwargs.get("seed")))
+        return original(cls, reprs, k, *args, **kwargs)
+
+    monkeypatch.setattr(IntentClusters, "fit", classmethod(spy))
+    cfg = _cfg(tiny_data, train__epochs=2)
+    train_single(cfg, tmp_path / "run", log=lambda *_: None)
+    from fenrec_dist.data.dataset import load_prepared
+
+    n = len(load_prepared(tiny_data, max_len=10, horizon=2).train)
+    assert len(calls) == 2  # one k-means per epoch, over every training sample
+    assert all(shape == (n, 16) and k == 8 for shape, k, _ in calls)
+    assert calls[0][2] != calls[1][2]  # each epoch its own k-means seed
+
+
+def test_embed_runs_the_encoder_in_eval_mode_and_restores_the_mode():
+    import torch
+
+    from fenrec_dist.config import ModelConfig
+    from fenrec_dist.model import SASRec
+    from fenrec_dist.train.loop import embed
+
+    torch.manual_seed(0)
+    m = SASRec(ModelConfig(hidden=16, heads=2, dropout=0.5, attn_dropout=0.5), num_items=30, max_len=8)
+    rng = np.random.default_rng(0)
+    inputs = np.zeros((23, 8), dtype=np.int32)
+    for i, n in enumerate(rng.integers(1, 9, size=23)):
+        inputs[i, 8 - n:] = rng.integers(1, 31, size=n)
+    m.train()
+    a = embed(m, inputs, 4, torch.device("cpu"))
+    assert m.training  # restored
+    b = embed(m, inputs, 4, torch.device("cpu"))
+    assert a.dtype == np.float32 and a.shape == (23, 16) and np.array_equal(a, b)
+    with torch.no_grad():
+        noisy = m(torch.from_numpy(inputs).long()).numpy()
+        want = m.eval()(torch.from_numpy(inputs).long()).numpy()
+    assert not np.allclose(noisy, want, atol=1e-3)  # dropout 0.5 does act in train mode
+    assert np.allclose(a, want, atol=1e-5)
+    c = embed(m, inputs, 5, torch.device("cpu"))
+    assert not m.training and np.allclose(c, want, atol=1e-5)
+
+
+_UNPICKLED: list[str] = []
+
+
+def _record_unpickling(tag: str) -> str:
+    _UNPICKLED.append(tag)
+    return tag
+
+
+class _Payload:
+    """Unpickling it calls ``_record_unpickling``: arbitrary code run by a full-pickle load."""
+
+    def __reduce__(self):
+        return (_record_unpickling, ("payload ran",))
+
+
+def test_load_state_refuses_pickled_objects_but_loads_real_checkpoints(tmp_path):
+    import pickle
+
+    import torch
+
+    from fenrec_dist.config import ModelConfig
+    from fenrec_dist.model import SASRec
+    from fenrec_dist.train.checkpoint import load_state, rng_state, save_state, set_rng_state
+    from fenrec_dist.train.early_stopping import EarlyStopping
+    from fenrec_dist.train.loop import make_adam
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "epoch": 1, "extra": _Payload()}, evil)
+    _UNPICKLED.clear()
+    with pytest.raises(pickle.UnpicklingError):
+        load_state(evil)
+    assert _UNPICKLED == []  # nothing ran
+
+    torch.manual_seed(0)
+    m = SASRec(ModelConfig(hidden=8, heads=2), num_items=20, max_len=5)
+    opt = make_adam(m.parameters(), 1e-3)
+    m(torch.tensor([[0, 1, 2, 3, 4]])).sum().backward()
+    opt.step()
+    es = EarlyStopping(3)
+    es.update(0.25, 0), es.update(0.2, 1)
+    good = tmp_path / "ck" / "last.pt"
+    save_state(good, {"model": m.state_dict(), "optimizer": opt.state_dict(), "early_stopping": es.state_dict(),
+                      "epoch": 2, "rng": rng_state(), "valid": {"NDCG@20": 0.25}})
+    st = load_state(good)
+    m2 = SASRec(ModelConfig(hidden=8, heads=2), num_items=20, max_len=5)
+    m2.load_state_dict(st["model"])
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+    make_adam(m2.parameters(), 1e-3).load_state_dict(st["optimizer"])
+    assert EarlyStopping.from_state(st["early_stopping"]) == es and st["epoch"] == 2
+    set_rng_state(st["rng"])
+    assert st["valid"] == {"NDCG@20": 0.25}
+
+
+def _eval_table(rng, users: int, items: int):
+    from fenrec_dist.data.dataset import EvalTable
+
+    hist = []
+    for u in range(users):
+        n = int(rng.integers(1, 16))  # some histories longer than the window: all of them excluded
+        hist.append([int(x) for x in rng.integers(1, items + 1, size=n)])
+    valid = [int(rng.integers(1, items + 1)) for _ in range(users)]
+    test = [int(rng.integers(1, items + 1)) for _ in range(users)]
+    test[0], valid[1] = valid[0], hist[1][0]  # a repeat of valid; a target inside the history
+    offsets = np.cumsum([0] + [len(h) for h in hist]).astype(np.int64)
+    table = EvalTable(np.arange(users, dtype=np.int64), np.array(sum(hist, []), dtype=np.int32), offsets,
+                      np.array(valid, dtype=np.int32), np.array(test, dtype=np.int32))
+    return table, hist, valid, test
+
+
+def test_split_ranks_equal_an_independent_full_ranking(monkeypatch):
+    """Both splits: scores = the eval-mode last-position output @ item table^T; the padding and
+    every history item (the whole history, plus valid for test) at -inf, the target itself
+    always ranked; rank = number of items scoring strictly higher. Then the metrics."""
+    import torch
+
+    from fenrec_dist.config import ModelConfig
+    from fenrec_dist.metrics import finalize, rank_metrics
+    from fenrec_dist.model import SASRec
+    from fenrec_dist.train.loop import evaluate_sums, split_ranks
+
+    items, max_len, users = 40, 6, 29
+    table, hist, valid, test = _eval_table(np.random.default_rng(3), users, items)
+    torch.manual_seed(1)
+    m = SASRec(ModelConfig(hidden=16, heads=2, dropout=0.5, attn_dropout=0.5), num_items=items, max_len=max_len)
+    m.train()  # evaluation must switch dropout off itself
+    plain = SASRec(ModelConfig(hidden=16, heads=2, trim_padding=False, last_position_only=False), items, max_len)
+    plain.load_state_dict(m.state_dict())
+    plain.eval()
+    w = m.item_emb.weight.detach().double()
+    for split in ("valid", "test"):
+        want = []
+        for u in range(users):
+            seq = hist[u] + ([valid[u]] if split == "test" else [])
+            window = seq[-max_len:]
+            ids = torch.tensor([[0] * (max_len - len(window)) + window])
+            with torch.no_grad():
+                z = plain(ids)[0].double()
+            s = w @ z
+            target = (valid if split == "valid" else test)[u]
+            t = s[target].item()
+            s[0] = float("-inf")
+            s[[i for i in seq if i != target]] = float("-inf")
+            want.append(int((s > t).sum()))
+        got = split_ranks(m, table, split, max_len, batch_size=4, item_chunk=7, device=torch.device("cpu"))
+        assert got.tolist() == want, split
+        assert finalize(evaluate_sums(m, table, split, max_len, 5, 9, [5, 10, 20], torch.device("cpu"))) == \
+            finalize(rank_metrics(torch.tensor(want), [5, 10, 20]))
+        assert m.training
+    assert len(set(want)) > 5  # the ranks spread: a real check, not all ties
