@@ -404,3 +404,61 @@ def test_split_ranks_equal_an_independent_full_ranking(monkeypatch):
             finalize(rank_metrics(torch.tensor(want), [5, 10, 20]))
         assert m.training
     assert len(set(want)) > 5  # the ranks spread: a real check, not all ties
+
+
+def test_deferred_interrupts_finish_the_block_then_raise():
+    import os
+    import signal
+
+    from fenrec_dist.train.interrupts import deferred_interrupts
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        done = []
+        with pytest.raises(KeyboardInterrupt, match=signal.Signals(sig).name):
+            with deferred_interrupts():
+                os.kill(os.getpid(), sig)  # delivered now, held until the block ends
+                done.append("after the signal")
+        assert done == ["after the signal"]
+        assert {s: signal.getsignal(s) for s in before} == before
+    with deferred_interrupts():  # no signal: no interrupt
+        pass
+
+
+def test_a_kill_during_the_epoch_commit_lands_after_it(tiny_data, tmp_path, monkeypatch):
+    """SIGTERM arriving between best.pt and last.pt (the CLI turns it into KeyboardInterrupt)
+    stops the run only once the metrics line and last.pt agree; --resume then goes on."""
+    import os
+    import signal
+
+    from fenrec_dist.train import single
+    from fenrec_dist.train.checkpoint import load_state
+
+    real_save = single.save_state
+    sent = []
+
+    def save_and_get_killed(path, state):
+        if path.name == "best.pt" and state["epoch"] == 1 and not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(path, state)
+
+    def term_as_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, term_as_interrupt)
+    try:
+        monkeypatch.setattr(single, "save_state", save_and_get_killed)
+        run = tmp_path / "run"
+        with pytest.raises(KeyboardInterrupt):
+            train_single(_cfg(tiny_data, train__epochs=3), run, log=lambda *_: None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sent
+    recs = read_metrics(run)
+    assert [r["epoch"] for r in recs] == [0, 1]
+    last, best = load_state(run / "checkpoints" / "last.pt"), load_state(run / "checkpoints" / "best.pt")
+    assert last["epoch"] == 2 and last["early_stopping"]["best_epoch"] == recs[-1]["best_epoch"] == best["epoch"] == 1
+    monkeypatch.setattr(single, "save_state", real_save)
+    final = train_single(_cfg(tiny_data, train__epochs=3), run, resume=True, log=lambda *_: None)
+    assert [r["epoch"] for r in read_metrics(run)] == [0, 1, 2] and set(final) == {"best_epoch", "valid", "test"}

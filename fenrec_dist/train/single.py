@@ -22,6 +22,7 @@ from fenrec_dist.model.base import SequenceEncoder
 from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
 from fenrec_dist.train.checkpoint import atomic_write_json, atomic_write_text, load_state, rng_state, save_state, set_rng_state
 from fenrec_dist.train.early_stopping import EarlyStopping
+from fenrec_dist.train.interrupts import deferred_interrupts
 from fenrec_dist.train.loop import embed, evaluate_sums, make_adam, torch_step, train_epoch
 from fenrec_dist.train.memory import release_free_memory
 from fenrec_dist.train.report import MetricsLog, plot_curves, progress_line
@@ -143,20 +144,20 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
         valid = evaluate_split(model, data, cfg, "valid", device)
         release_free_memory()
         t_eval = time.perf_counter() - t0
-        improved = stopper.update(valid[cfg.eval.metric], epoch)
-        if improved:
-            save_state(best_path, {"model": model.state_dict(), "epoch": epoch, "valid": valid})
-        rec = {
-            "epoch": epoch, "loss": res.losses, "valid": valid, "samples_per_s": res.samples_per_s,
-            "time": {"cluster": t_cluster, **({"index": t_index} if refresher is not None else {}),
-                     "train": res.seconds, "eval": t_eval, "epoch": time.perf_counter() - t_epoch},
-            "best": stopper.best, "best_epoch": stopper.best_epoch, "phase": "hard" if loss_fn.after_warmup(epoch) else "warmup",
-        }
-        if refresher is not None:
-            rec["negatives"] = negatives_record(refresher.summary, res.stats)
-        log_file.write(rec)
-        save_state(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "early_stopping": stopper.state_dict(), "epoch": epoch + 1, "rng": rng_state()})
+        with deferred_interrupts():  # best.pt, the metrics line and last.pt: all of them or none
+            if stopper.update(valid[cfg.eval.metric], epoch):
+                save_state(best_path, {"model": model.state_dict(), "epoch": epoch, "valid": valid})
+            rec = {
+                "epoch": epoch, "loss": res.losses, "valid": valid, "samples_per_s": res.samples_per_s,
+                "time": {"cluster": t_cluster, **({"index": t_index} if refresher is not None else {}),
+                         "train": res.seconds, "eval": t_eval, "epoch": time.perf_counter() - t_epoch},
+                "best": stopper.best, "best_epoch": stopper.best_epoch, "phase": "hard" if loss_fn.after_warmup(epoch) else "warmup",
+            }
+            if refresher is not None:
+                rec["negatives"] = negatives_record(refresher.summary, res.stats)
+            log_file.write(rec)
+            save_state(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "early_stopping": stopper.state_dict(), "epoch": epoch + 1, "rng": rng_state()})
         log(progress_line(rec, cfg.train.epochs, cfg.eval.metric, cfg.train.patience))
     log_file.close()
     plot_curves(run_dir, cfg.eval.metric)
