@@ -74,6 +74,20 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _finished_no_epoch(run_dir: Path) -> bool:
+    """A run directory whose run stopped before its first epoch ended (a crash or a kill): its
+    config.yaml and an empty log at most, nothing a new start would lose."""
+    allowed = {"config.yaml", "metrics.jsonl", "tensorboard", "checkpoints"}
+    entries = {p.name for p in run_dir.iterdir()}
+    if not entries <= allowed:
+        return False
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists() and metrics.read_text().strip():
+        return False
+    ckpt = run_dir / "checkpoints"
+    return not (ckpt.exists() and any(ckpt.iterdir()))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from fenrec_dist.train.checkpoint import atomic_write_text
     from fenrec_dist.train.single import load_run_config
@@ -94,7 +108,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.out) if args.out else Path("runs") / f"{Path(args.config or 'default').stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (run_dir / "config.yaml").exists():
-            raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+            if not _finished_no_epoch(run_dir):
+                raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+            print(f"note: {run_dir} holds a run that finished no epoch (it stopped before its first epoch "
+                  f"ended); starting it again with this config", file=sys.stderr)
     if args.local:
         from fenrec_dist.train.single import train_single
 

@@ -311,6 +311,33 @@ def test_inspector_user_view_and_errors(index_run, capsys):
     assert "no negatives/" in capsys.readouterr().err
 
 
+def test_inspector_names_a_corrupt_negatives_file(index_run, tmp_path, capsys):
+    import shutil
+
+    from fenrec_dist.cli import main
+
+    src, _ = index_run
+    assert main(["negatives", "inspect", str(tmp_path / "nosuch")]) == 2
+    assert f"{tmp_path / 'nosuch'}: no such run directory" in capsys.readouterr().err
+    cases = [("summary.jsonl", 2, "summary.jsonl:2: not a JSON record"),
+             ("epoch_0002/samples.parquet", None, "epoch_0002/samples.parquet: unreadable Parquet file"),
+             ("epoch_0002/index.faiss", None, "epoch_0002/index.faiss: unreadable FAISS index")]
+    for rel, line, want in cases:
+        run = tmp_path / rel.replace("/", "_")
+        shutil.copytree(src, run)
+        f = run / "negatives" / rel
+        data = f.read_bytes()
+        if line:  # cut inside the second record
+            lines = data.decode().splitlines(keepends=True)
+            f.write_text(lines[0] + lines[1][: len(lines[1]) // 2])
+        else:
+            f.write_bytes(data[: len(data) // 2])
+        user = NegativesStore(str(src)).load_samples(2).column("user")[0].as_py()
+        assert main(["negatives", "inspect", str(run), "--user", str(user)]) == 2, rel
+        err = capsys.readouterr().err
+        assert want in err and "Traceback" not in err and "/tmp/tmp" not in err, err
+
+
 def test_index_run_resumes_exactly(index_run, tiny_data, tmp_path):
     from fenrec_dist.train.report import read_metrics
     from fenrec_dist.train.single import train_single

@@ -317,15 +317,16 @@ def test_load_state_refuses_pickled_objects_but_loads_real_checkpoints(tmp_path)
 
     from fenrec_dist.config import ModelConfig
     from fenrec_dist.model import SASRec
-    from fenrec_dist.train.checkpoint import load_state, rng_state, save_state, set_rng_state
+    from fenrec_dist.train.checkpoint import CheckpointError, load_state, rng_state, save_state, set_rng_state
     from fenrec_dist.train.early_stopping import EarlyStopping
     from fenrec_dist.train.loop import make_adam
 
     evil = tmp_path / "evil.pt"
     torch.save({"model": {"w": torch.zeros(2)}, "epoch": 1, "extra": _Payload()}, evil)
     _UNPICKLED.clear()
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match=r"evil\.pt: not loaded: it holds Python objects other than tensors .*\(Unsupported global: GLOBAL test_training\._record_unpickling\)$") as err:
         load_state(evil)
+    assert isinstance(err.value.__cause__, pickle.UnpicklingError)
     assert _UNPICKLED == []  # nothing ran
 
     torch.manual_seed(0)
@@ -462,3 +463,107 @@ def test_a_kill_during_the_epoch_commit_lands_after_it(tiny_data, tmp_path, monk
     monkeypatch.setattr(single, "save_state", real_save)
     final = train_single(_cfg(tiny_data, train__epochs=3), run, resume=True, log=lambda *_: None)
     assert [r["epoch"] for r in read_metrics(run)] == [0, 1, 2] and set(final) == {"best_epoch", "valid", "test"}
+
+
+# --- bad run directories and checkpoints: one clear line (exit 2), nothing lost ---------------
+
+def _cli(capsys, *argv):
+    from fenrec_dist.cli import main
+
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("finished") / "run"
+    train_single(_cfg(tiny_data, train__epochs=2), run, log=lambda *_: None)
+    return run
+
+
+def _copy_run(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupt_checkpoints_give_one_line_naming_the_file(finished_run, tmp_path, capsys):
+    last_bytes = (finished_run / "checkpoints" / "last.pt").read_bytes()
+    for name, content in [("truncated", last_bytes[: len(last_bytes) // 2]), ("empty", b""),
+                          ("garbage", b"\x00not a checkpoint" * 10)]:
+        run = _copy_run(finished_run, tmp_path / name)
+        metrics = (run / "metrics.jsonl").read_text()
+        (run / "checkpoints" / "last.pt").write_bytes(content)
+        rc, _, err = _cli(capsys, "train", "--resume", str(run), "--local")
+        assert rc == 2 and "Traceback" not in err, err
+        assert f"{run / 'checkpoints' / 'last.pt'}: corrupt or truncated checkpoint" in err, err
+        assert (run / "metrics.jsonl").read_text() == metrics  # nothing rewritten
+        (run / "checkpoints" / "best.pt").write_bytes(content)
+        rc, _, err = _cli(capsys, "evaluate", str(run))
+        assert rc == 2 and f"{run / 'checkpoints' / 'best.pt'}: corrupt or truncated checkpoint" in err, err
+    # a real torch file of another kind: the missing entries are named
+    import torch
+
+    run = _copy_run(finished_run, tmp_path / "foreign")
+    torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "best.pt")
+    rc, _, err = _cli(capsys, "evaluate", str(run))
+    assert rc == 2 and "best.pt: not a fenrec checkpoint of this kind (missing model, epoch)" in err, err
+
+
+def test_evaluate_on_a_missing_empty_or_unfinished_run_dir(finished_run, tmp_path, capsys):
+    rc, _, err = _cli(capsys, "evaluate", str(tmp_path / "nosuch"))
+    assert rc == 2 and f"{tmp_path / 'nosuch'}: no such run directory" in err, err
+    (tmp_path / "empty").mkdir()
+    rc, _, err = _cli(capsys, "evaluate", str(tmp_path / "empty"))
+    assert rc == 2 and "holds no run (config.yaml missing)" in err, err
+    run = _copy_run(finished_run, tmp_path / "nobest")
+    (run / "checkpoints" / "best.pt").unlink()
+    rc, _, err = _cli(capsys, "evaluate", str(run))
+    assert rc == 2 and "best.pt: no best checkpoint yet" in err, err
+    run = _copy_run(finished_run, tmp_path / "badcfg")
+    (run / "config.yaml").write_text("train: [unclosed\n")
+    rc, _, err = _cli(capsys, "evaluate", str(run))
+    assert rc == 2 and f"{run / 'config.yaml'}: invalid YAML" in err and "Traceback" not in err, err
+
+
+def test_resume_without_checkpoint_keeps_the_logged_epochs(finished_run, tiny_data, tmp_path, capsys):
+    import shutil
+
+    run = _copy_run(finished_run, tmp_path / "lost")
+    shutil.rmtree(run / "checkpoints")
+    metrics = (run / "metrics.jsonl").read_text()
+    rc, _, err = _cli(capsys, "train", "--resume", str(run), "--local")
+    assert rc == 2 and "last.pt: checkpoint missing, but" in err and "logs 2 finished epoch(s)" in err, err
+    assert (run / "metrics.jsonl").read_text() == metrics and not (run / "checkpoints").exists()
+
+
+def test_a_run_that_finished_no_epoch_can_be_started_again(tiny_data, tmp_path, capsys):
+    """A crash before the first epoch ended leaves config.yaml (and an empty log): the same
+    --out starts over instead of being blocked for good; a run with logged epochs is kept."""
+    run = tmp_path / "crashed"
+    (run / "tensorboard").mkdir(parents=True)
+    (run / "config.yaml").write_text("train:\n  batch_size: 128\n")
+    (run / "metrics.jsonl").write_text("")
+    sets = [a for kv in tiny_overrides(tiny_data, train__epochs=1) for a in ("--set", kv)]
+    rc, out, err = _cli(capsys, "train", "--local", "--out", str(run), *sets)
+    assert rc == 0 and "holds a run that finished no epoch" in err, err
+    assert [r["epoch"] for r in read_metrics(run)] == [0] and (run / "final.json").exists()
+    rc, _, err = _cli(capsys, "train", "--local", "--out", str(run), *sets)  # now it has an epoch
+    assert rc == 2 and "already holds a run" in err
+    # resume of a run that never finished an epoch: starts at epoch 0, said so
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "config.yaml").write_text((run / "config.yaml").read_text())
+    logs = []
+    final = train_single(load_config(again / "config.yaml"), again, resume=True, log=logs.append)
+    assert any("finished no epoch before it stopped; starting at epoch 0" in line for line in logs)
+    assert final["best_epoch"] == 0
+
+
+def test_train_with_bad_data_leaves_no_run_directory(tmp_path, capsys):
+    out = tmp_path / "never"
+    rc, _, err = _cli(capsys, "train", "--local", "--out", str(out), "--set", f"data.path={tmp_path / 'nodata'}")
+    assert rc == 2 and "nodata" in err and "Traceback" not in err, err
+    assert not out.exists()

@@ -176,6 +176,8 @@ def inspect_run(run_dir: str | Path, epoch: int | None = None, user: int | None 
     from fenrec_dist.train.report import read_metrics
 
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory")
     if not (run_dir / "negatives").is_dir():
         raise ConfigError(f"{run_dir} has no negatives/ directory: was it trained with 'index' in negatives.sources?")
     store = NegativesStore(str(run_dir.resolve()))

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from fenrec_dist.data.errors import DataError, at_line
 from fenrec_dist.negatives.index import FaissResources, Mined, TrainingFacts
 
 SUBDIR = "negatives"
@@ -107,7 +108,15 @@ class NegativesStore:
         if self.fs.get_file_info(p).type == pafs.FileType.NotFound:
             return []
         with self.fs.open_input_stream(p) as f:
-            return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+            lines = f.read().decode(errors="replace").splitlines()
+        recs = []
+        for no, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    recs.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise at_line(p, no, f"not a JSON record ({exc.msg}); the file is corrupt or truncated") from exc
+        return recs
 
     def append_summary(self, rec: dict[str, Any]) -> None:
         """Add (or replace) the epoch's line, dropping lines of later epochs (a resumed run
@@ -119,15 +128,28 @@ class NegativesStore:
         self.fs.move(tmp, self._p(SUMMARY))
 
     def load_samples(self, epoch: int) -> pa.Table:
-        with self.fs.open_input_file(self._p(f"{epoch_dirname(epoch)}/samples.parquet")) as f:
-            return pq.read_table(f)
+        p = self._p(f"{epoch_dirname(epoch)}/samples.parquet")
+        try:
+            with self.fs.open_input_file(p) as f:
+                return pq.read_table(f)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{p}: unreadable Parquet file, corrupt or truncated ({_first_line(exc)})") from exc
 
     def load_index(self, epoch: int) -> faiss.Index:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "index.faiss"
-            pafs.copy_files(self._p(f"{epoch_dirname(epoch)}/index.faiss"), str(local),
-                            source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
-            return faiss.read_index(str(local))
+            p = self._p(f"{epoch_dirname(epoch)}/index.faiss")
+            try:
+                pafs.copy_files(p, str(local), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+                return faiss.read_index(str(local))
+            except (RuntimeError, OSError, pa.ArrowException) as exc:
+                raise DataError(f"{p}: unreadable FAISS index, corrupt or truncated "
+                                f"({_first_line(exc).replace(str(local), 'index.faiss')})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def neighbors_from_table(table: pa.Table, n_total: int, k: int) -> np.ndarray:

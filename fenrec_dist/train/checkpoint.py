@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from fenrec_dist.data.errors import DataError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -52,9 +55,39 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
         raise
 
 
-def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by ``save_state`` without unpickling arbitrary objects."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+class CheckpointError(DataError):
+    """A checkpoint that is missing, unreadable, or not one ``save_state`` wrote."""
+
+
+def load_state(path: Path, map_location: str | torch.device = "cpu",
+               keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load a checkpoint written by ``save_state`` without unpickling arbitrary objects
+    (``weights_only=True``). A missing, truncated or foreign file, one holding other Python
+    objects, or one lacking any of ``keys`` raises :class:`CheckpointError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint missing")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format; anything else is not a checkpoint
+        if not zipped:
+            raise CheckpointError(f"{path}: corrupt or truncated checkpoint (not a torch.save file)") from exc
+        # weights_only refused an object: name it (torch's text also suggests weights_only=False: never here)
+        what = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "")
+        what = what[what.find("Unsupported global"):].split(" was not an allowed")[0] if what else ""
+        raise CheckpointError(f"{path}: not loaded: it holds Python objects other than tensors and plain "
+                              f"containers, which are never unpickled" + (f" ({what})" if what else "")) from exc
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a fenrec checkpoint (holds a {type(state).__name__}, not a dict)")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a fenrec checkpoint of this kind (missing {', '.join(missing)})")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from fenrec_dist.config import Config, config_from_dict, dump_yaml
+from fenrec_dist.config import Config, ConfigError, dump_yaml, load_config
 from fenrec_dist.data.dataset import PreparedData, load_prepared
 from fenrec_dist.intents import IntentClusters
 from fenrec_dist.losses.fenrec import FENRecLoss
@@ -20,12 +19,12 @@ from fenrec_dist.metrics import finalize
 from fenrec_dist.model import build_encoder
 from fenrec_dist.model.base import SequenceEncoder
 from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
-from fenrec_dist.train.checkpoint import atomic_write_json, atomic_write_text, load_state, rng_state, save_state, set_rng_state
+from fenrec_dist.train.checkpoint import CheckpointError, atomic_write_json, atomic_write_text, load_state, rng_state, save_state, set_rng_state
 from fenrec_dist.train.early_stopping import EarlyStopping
 from fenrec_dist.train.interrupts import deferred_interrupts
 from fenrec_dist.train.loop import embed, evaluate_sums, make_adam, torch_step, train_epoch
 from fenrec_dist.train.memory import release_free_memory
-from fenrec_dist.train.report import MetricsLog, plot_curves, progress_line
+from fenrec_dist.train.report import MetricsLog, plot_curves, progress_line, read_metrics
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,13 +72,18 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     tensorboard/, curves.png and final.json.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoints"
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     data = load_prepared(cfg.data.path, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
+    done = len(read_metrics(run_dir)) if resume else 0
+    if resume and not last_path.exists() and done:  # starting over would drop the logged epochs
+        raise CheckpointError(f"{last_path}: checkpoint missing, but {run_dir / 'metrics.jsonl'} logs {done} "
+                              f"finished epoch(s); cannot resume without it (restore it, or start a new run "
+                              f"with another --out)")
+    run_dir.mkdir(parents=True, exist_ok=True)  # after the data checks: a bad start leaves no directory
     if not resume:
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     model = build_model(cfg, data, device)
@@ -87,8 +91,10 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     stopper = EarlyStopping(cfg.train.patience)
     start_epoch = 0
     log_file = MetricsLog(run_dir)
+    if resume and not last_path.exists():
+        log(f"resume: {run_dir} finished no epoch before it stopped; starting at epoch 0")
     if resume and last_path.exists():
-        st = load_state(last_path, map_location=device)
+        st = load_state(last_path, map_location=device, keys=("model", "optimizer", "early_stopping", "epoch", "rng"))
         model.load_state_dict(st["model"])
         optimizer.load_state_dict(st["optimizer"])
         stopper = EarlyStopping.from_state(st["early_stopping"])
@@ -182,7 +188,10 @@ def negatives_record(summary: dict[str, Any] | None, train_stats: dict[str, floa
 def finish(run_dir: Path, cfg: Config, data: PreparedData, device: torch.device, log=print) -> dict[str, Any]:
     """Score the best checkpoint on validation and test; write final.json."""
     model = build_model(cfg, data, device)
-    st = load_state(run_dir / "checkpoints" / "best.pt", map_location=device)
+    best = run_dir / "checkpoints" / "best.pt"
+    if not best.exists():
+        raise CheckpointError(f"{best}: no best checkpoint yet (the run finished no epoch)")
+    st = load_state(best, map_location=device, keys=("model", "epoch"))
     model.load_state_dict(st["model"])
     valid = evaluate_split(model, data, cfg, "valid", device)
     test = evaluate_split(model, data, cfg, "test", device)
@@ -193,7 +202,13 @@ def finish(run_dir: Path, cfg: Config, data: PreparedData, device: torch.device,
 
 
 def load_run_config(run_dir: Path) -> Config:
-    return config_from_dict(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
+    """The resolved config a run directory was started with (errors name the directory or file)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} holds no run (config.yaml missing)")
+    return load_config(run_dir / "config.yaml")
 
 
 def evaluate_run(run_dir: Path, log=print) -> dict[str, Any]:
