@@ -567,3 +567,13 @@ def test_train_with_bad_data_leaves_no_run_directory(tmp_path, capsys):
     rc, _, err = _cli(capsys, "train", "--local", "--out", str(out), "--set", f"data.path={tmp_path / 'nodata'}")
     assert rc == 2 and "nodata" in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_distributed_run_with_bad_data_fails_before_ray_and_leaves_no_run_directory(tmp_path):
+    from fenrec_dist.data.errors import DataError
+    from fenrec_dist.distributed.driver import run_distributed
+
+    cfg = load_config(None, [f"data.path={tmp_path / 'nodata'}"])
+    with pytest.raises(DataError, match=r"nodata/manifest.json: missing manifest"):
+        run_distributed(cfg, tmp_path / "out", log=lambda *_: None)
+    assert not (tmp_path / "out").exists()

@@ -111,9 +111,11 @@ class RunPaths:
 
 def prepare_run(cfg: Config, run_dir: str | Path | None = None) -> RunPaths:
     """Resolve the run's paths, make ``data.path`` absolute and write the resolved config.yaml."""
+    from fenrec_dist.data.dataset import read_manifest
+
     local_dir, name, storage = resolve_run(cfg, run_dir)
-    if Path(cfg.data.path).exists():
-        cfg.data.path = str(Path(cfg.data.path).resolve())
+    read_manifest(cfg.data.path)  # a DataError naming the file before the run directory exists
+    cfg.data.path = str(Path(cfg.data.path).resolve())
     local_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(local_dir / "config.yaml", dump_yaml(cfg))
     return RunPaths(local_dir, name, storage)
