@@ -252,3 +252,201 @@ def test_min_interactions_and_k_core_on_seq(tmp_path: Path) -> None:
     m = prepare(src, tmp_path / "b", k_core=2)
     assert m["dropped"]["k_core_rows"] == 1 and m["items"] == 9 and m["users"] == 3
     assert read_eval(tmp_path / "b")[0] == {"user": 1, "history": [1], "valid": 2, "test": 3}
+
+
+# --------------------------------------------------------------------------- --out safety, options, permissions
+
+
+def tree(path: Path) -> dict:
+    return {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def no_temp_dirs(parent: Path) -> bool:
+    return not [p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_overwrite_refuses_directory_that_is_not_a_dataset(tmp_path: Path, overwrite: bool) -> None:
+    src = write_seq(tmp_path / "s.txt", THREE_USERS)
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("precious")
+    (mine / "sub" / "more.txt").write_text("also precious")
+    before = tree(mine)
+    pattern = (r"mine: not a prepared dataset \(no manifest\.json\); refusing to replace it" if overwrite
+               else r"mine: output directory exists and is not a prepared dataset \(no manifest\.json\)")
+    with pytest.raises(DataError, match=pattern):
+        prepare(src, mine, overwrite=overwrite)
+    assert tree(mine) == before and no_temp_dirs(tmp_path)
+    # a manifest.json that is not ours (say a web app's) does not make it a dataset either
+    (mine / "manifest.json").write_text('{"name": "my app"}')
+    with pytest.raises(DataError, match=r"mine: .*not a prepared dataset \(its manifest\.json is not a fenrec"):
+        prepare(src, mine, overwrite=overwrite)
+    assert (mine / "notes.txt").read_text() == "precious" and no_temp_dirs(tmp_path)
+
+
+def test_overwrite_replaces_a_dataset_or_an_empty_directory(tmp_path: Path) -> None:
+    src = write_seq(tmp_path / "s.txt", THREE_USERS)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: output directory exists; pass --overwrite \(overwrite=True\)"):
+        prepare(src, tmp_path / "empty")
+    assert prepare(src, tmp_path / "empty", overwrite=True)["users"] == 2
+    assert prepare(src, tmp_path / "empty", overwrite=True, max_len=2)["config"]["max_len"] == 2
+    assert no_temp_dirs(tmp_path)
+
+
+@pytest.mark.parametrize("overwrite, pattern", [
+    (True, r"--out .*f\.txt is a file, not a directory; refusing to replace it"),
+    (False, r"--out .*f\.txt exists and is a file, not a directory"),
+])
+def test_out_is_a_file(tmp_path: Path, overwrite: bool, pattern: str) -> None:
+    src = write_seq(tmp_path / "s.txt", THREE_USERS)
+    (tmp_path / "f.txt").write_text("precious")
+    with pytest.raises(DataError, match=pattern):
+        prepare(src, tmp_path / "f.txt", overwrite=overwrite)
+    assert (tmp_path / "f.txt").read_text() == "precious" and no_temp_dirs(tmp_path)
+    with pytest.raises(DataError, match=r"cannot create --out .*f\.txt/sub: .*f\.txt is not a directory"):
+        prepare(src, tmp_path / "f.txt" / "sub")
+    assert (tmp_path / "f.txt").read_text() == "precious"
+
+
+def test_overwrite_refuses_out_holding_the_input(tmp_path: Path) -> None:
+    prepare(write_seq(tmp_path / "s.txt", THREE_USERS), tmp_path / "data")  # a real dataset ...
+    src = write_seq(tmp_path / "data" / "s.txt", THREE_USERS)  # ... that now holds the input
+    before = tree(tmp_path / "data")
+    for inp in (src, tmp_path / "other" / ".." / "data" / "s.txt"):
+        (tmp_path / "other").mkdir(exist_ok=True)
+        with pytest.raises(DataError, match=r"the input .*s\.txt is inside --out .*data; refusing to replace it"):
+            prepare(inp, tmp_path / "data", overwrite=True)
+    # through a symlink to the input as well
+    (tmp_path / "link.txt").symlink_to(src)
+    with pytest.raises(DataError, match=r"the input .*link\.txt is inside --out"):
+        prepare(tmp_path / "link.txt", tmp_path / "data", overwrite=True)
+    assert tree(tmp_path / "data") == before and no_temp_dirs(tmp_path)
+
+
+def test_cli_overwrite_messages_name_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fenrec_dist.cli import main
+
+    src = write_seq(tmp_path / "s.txt", THREE_USERS)
+    assert main(["prepare", str(src), "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    assert main(["prepare", str(src), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "output directory exists; pass --overwrite" in err and "Traceback" not in err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "a.txt").write_text("precious")
+    assert main(["prepare", str(src), "--out", str(tmp_path / "mine"), "--overwrite"]) == 2
+    assert "not a prepared dataset (no manifest.json); refusing to replace it" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "a.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("kw, flag", [
+    ({"max_len": 0}, "--max-len"), ({"max_len": -3}, "--max-len"), ({"num_shards": 0}, "--num-shards"),
+    ({"row_group_size": 0}, "--row-group-size"), ({"min_interactions": -1}, "--min-interactions"),
+    ({"k_core": -1}, "--k-core"), ({"horizon": -1}, "--horizon"), ({"fmt": "xml"}, "--format"),
+])
+def test_bad_options_are_config_errors_before_reading(tmp_path: Path, kw: dict, flag: str) -> None:
+    from fenrec_dist.config import ConfigError
+
+    name = next(iter(kw))
+    # the input does not even exist: the options are checked first
+    with pytest.raises(ConfigError, match=rf"^{flag} \({name}\) must be .*got {kw[name]!r}"):
+        prepare(tmp_path / "nope.txt", tmp_path / "out", **kw)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_bad_option_exits_2_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fenrec_dist.cli import main
+
+    src = write_seq(tmp_path / "s.txt", THREE_USERS)
+    for args, flag in ((["--max-len", "0"], "--max-len"), (["--num-shards", "0"], "--num-shards"),
+                       (["--row-group-size", "0"], "--row-group-size"),
+                       (["--min-interactions", "-1"], "--min-interactions"), (["--k-core", "-2"], "--k-core")):
+        assert main(["prepare", str(src), "--out", str(tmp_path / "out"), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"config error: {flag} " in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.txt"]
+
+
+def test_input_is_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    with pytest.raises(DataError, match=r"logs: is a directory, not a file"):
+        prepare(tmp_path / "logs", tmp_path / "out")
+    assert_clean(tmp_path, "out")
+
+
+def _deny(paths: list[Path]):
+    """A stand-in for ``open`` raising PermissionError for ``paths`` (root ignores chmod)."""
+    import builtins
+
+    denied = {str(p) for p in paths}
+
+    def fake_open(file, *args, **kwargs):
+        if str(file) in denied:
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    return fake_open
+
+
+def test_unreadable_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fenrec_dist.data.prepare as prep
+    import fenrec_dist.data.readers as readers
+
+    src = write_seq(tmp_path / "s.txt", THREE_USERS)
+    monkeypatch.setattr(prep, "open", _deny([src]), raising=False)
+    with pytest.raises(DataError, match=r"cannot read .*s\.txt: permission denied"):
+        prepare(src, tmp_path / "out")
+    assert_clean(tmp_path, "out")
+    # denied only once the job reads it (the reader's own open)
+    monkeypatch.undo()
+    monkeypatch.setattr(readers, "open", _deny([src]), raising=False)
+    with pytest.raises(DataError, match=r"cannot read .*s\.txt: permission denied"):
+        prepare(src, tmp_path / "out")
+    assert_clean(tmp_path, "out")
+
+
+def test_unwritable_out_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = write_seq(tmp_path / "s.txt", THREE_USERS)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.parent == ro:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(DataError, match=rf"cannot write to {ro}/: permission denied"):
+        prepare(src, ro / "out")
+    with pytest.raises(DataError, match=rf"cannot write to {ro}/: permission denied"):
+        prepare(src, ro / "deeper" / "out")  # the missing parent cannot be created
+    assert list(ro.iterdir()) == [] and src.exists()
+
+
+def test_permission_error_while_writing_keeps_old_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fenrec_dist.data.prepare as prep
+
+    src = write_seq(tmp_path / "s.txt", THREE_USERS)
+    prepare(src, tmp_path / "out", max_len=7)
+    before = tree(tmp_path / "out")
+
+    def publish(tmp: Path, out: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(out))
+
+    monkeypatch.setattr(prep, "_publish", publish)
+    with pytest.raises(DataError, match=rf"cannot write to {tmp_path}/: permission denied"):
+        prepare(src, tmp_path / "out", overwrite=True, max_len=3)
+    assert tree(tmp_path / "out") == before and no_temp_dirs(tmp_path)
+
+    def write_table(table, where, *args, **kwargs):  # a file inside the temporary directory
+        raise PermissionError(13, "Permission denied", str(where))
+
+    monkeypatch.undo()
+    monkeypatch.setattr(prep.pq, "write_table", write_table)
+    with pytest.raises(DataError, match=rf"cannot write to {tmp_path}/: permission denied"):
+        prepare(write_seq(tmp_path / "log.csv", ["user,item,timestamp", "a,b,1", "a,c,2", "a,d,3"]),
+                tmp_path / "out", overwrite=True)
+    assert tree(tmp_path / "out") == before and no_temp_dirs(tmp_path)

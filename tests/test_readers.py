@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -321,3 +322,163 @@ def test_corrupt_parquet(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"log\.parquet: not a readable Parquet file"):
         prepare(src, tmp_path / "out")
     assert_clean(tmp_path, "out")
+
+
+# --------------------------------------------------------------------------- missing values, headers, gzip
+
+
+GOOD_ROWS = ["a,x,1", "a,y,2", "a,z,3", "b,x,4", "b,y,5", "b,z,6"]
+
+
+@pytest.mark.parametrize("bad_row, pattern", [
+    ("a,,7", r"blank\.csv:7: column 'item': empty value"),
+    ("a,NaN,7", r"blank\.csv:7: column 'item': missing value 'NaN'"),
+    ("a,nan,7", r"blank\.csv:7: column 'item': missing value 'nan'"),
+    ("a,None,7", r"blank\.csv:7: column 'item': missing value 'None'"),
+    ("a,\"\",7", r"blank\.csv:7: column 'item': empty value"),
+    ("a,  ,7", r"blank\.csv:7: column 'item': empty value"),
+    (",x,7", r"blank\.csv:7: column 'user': empty value"),
+    ("a,x,", r"blank\.csv:7: column 'timestamp': empty value"),
+    ("a,x,NaN", r"blank\.csv:7: column 'timestamp': missing value 'NaN'"),
+])
+@pytest.mark.parametrize("sep", [",", "\t"])
+def test_csv_missing_values_name_line_and_column(tmp_path: Path, bad_row: str, pattern: str, sep: str) -> None:
+    name = "blank.csv" if sep == "," else "blank.tsv"
+    src = tmp_path / name
+    src.write_text("\n".join(["user,item,timestamp", *GOOD_ROWS[:5], bad_row, GOOD_ROWS[5]]).replace(",", sep) + "\n")
+    with pytest.raises(DataError, match=pattern.replace(r"blank\.csv", name.replace(".", r"\."))):
+        prepare(src, tmp_path / "out")
+    assert_clean(tmp_path, "out")
+    assert src.exists()
+
+
+def test_csv_missing_id_in_later_block_and_integer_ids(tmp_path: Path) -> None:
+    body = "".join(f"{k % 97},{k % 31},{k}\n" for k in range(20000))
+    src = tmp_path / "log.csv"
+    src.write_text("user,item,timestamp\n" + body + "5,,1\n" + body)
+    with pytest.raises(DataError, match=r"log\.csv:20002: column 'item': empty value"):
+        list(iter_chunks(src, "csv", chunk_rows=2048))
+    with pytest.raises(DataError, match=r"log\.csv:20002: column 'item': empty value"):
+        prepare(src, tmp_path / "out", num_partitions=2)
+    assert_clean(tmp_path, "out")
+
+
+def test_float_looking_and_nan_like_string_ids_are_kept(tmp_path: Path) -> None:
+    # only empty/NaN/None/null spell a missing id; "12.5", "1e3", "NA", "nan1" are ids
+    src = tmp_path / "log.csv"
+    src.write_text("user,item,timestamp\nu,12.5,1\nu,1e3,2\nu,NA,3\nu,nan1,4\nu,12.50,5\n")
+    m = prepare(src, tmp_path / "out")
+    _, items = raw_maps(tmp_path / "out")
+    assert m["items"] == 5 and sorted(items.values()) == sorted(["12.5", "1e3", "NA", "nan1", "12.50"])
+
+
+@pytest.mark.parametrize("column, values, pattern", [
+    ("item", pa.array(["a", "b", None, "a", "b", "c"]), r"p\.parquet: row 3: column 'item': missing \(null\) value"),
+    ("item", pa.array(["a", "", "c", "a", "b", "c"]), r"p\.parquet: row 2: column 'item': empty value"),
+    ("item", pa.array(["a", "b", "c", "a", "b", "NaN"]), r"p\.parquet: row 6: column 'item': missing value 'NaN'"),
+    ("user", pa.array([1, 1, None, 2, 2, 2], pa.int64()), r"p\.parquet: row 3: column 'user': missing \(null\)"),
+    ("timestamp", pa.array([1.0, 2.0, 3.0, float("nan"), 5.0, 6.0]),
+     r"p\.parquet: row 4: column 'timestamp': missing value NaN"),
+    ("timestamp", pa.array([1, 2, 3, 4, None, 6], pa.int64()),
+     r"p\.parquet: row 5: column 'timestamp': missing \(null\) value"),
+])
+def test_parquet_missing_values_name_row_and_column(tmp_path: Path, column: str, values: pa.Array,
+                                                    pattern: str) -> None:
+    cols = {"user": pa.array(["1", "1", "1", "2", "2", "2"]), "item": pa.array(["a", "b", "c", "a", "b", "c"]),
+            "timestamp": pa.array([1, 2, 3, 4, 5, 6], pa.int64())}
+    cols[column] = values
+    src = tmp_path / "p.parquet"
+    pq.write_table(pa.table(cols), src, row_group_size=4)
+    with pytest.raises(DataError, match=pattern):
+        prepare(src, tmp_path / "out")
+    assert_clean(tmp_path, "out")
+
+
+@pytest.mark.parametrize("asin, pattern", [
+    ('""', r"reviews\.json:3: field 'asin': empty value"),
+    ("NaN", r"reviews\.json:3: field 'asin': missing value 'nan'"),
+    ('"None"', r"reviews\.json:3: field 'asin': missing value 'None'"),
+])
+def test_json_missing_ids(tmp_path: Path, asin: str, pattern: str) -> None:
+    src = tmp_path / "reviews.json"
+    line = '{"reviewerID": "A1", "asin": %s, "unixReviewTime": 3}' % asin
+    src.write_text(amazon_lines(AMAZON[:2]) + line + "\n" + amazon_lines(AMAZON[2:]))
+    with pytest.raises(DataError, match=pattern):
+        prepare(src, tmp_path / "out")
+    assert_clean(tmp_path, "out")
+
+
+def test_csv_repeated_header_names_line(tmp_path: Path) -> None:
+    # in the first block (the time column would be inferred as strings) ...
+    src = tmp_path / "duphdr.csv"
+    src.write_text("\n".join(["user,item,timestamp", *GOOD_ROWS[:3], "user,item,timestamp", *GOOD_ROWS[3:]]) + "\n")
+    with pytest.raises(DataError, match=r"duphdr\.csv:5: repeated header row"):
+        prepare(src, tmp_path / "out")
+    assert_clean(tmp_path, "out")
+    # ... with timestamp strings ...
+    src.write_text("user,item,timestamp\na,b,2020-01-01\na,c,2020-01-02\nuser,item,timestamp\na,d,2020-01-03\n")
+    with pytest.raises(DataError, match=r"duphdr\.csv:4: repeated header row"):
+        prepare(src, tmp_path / "out")
+    # ... and in a later block (the time column is already numeric)
+    body = "".join(f"u{k % 97},i{k % 31},{k}\n" for k in range(20000))
+    src.write_text("user,item,timestamp\n" + body + "user,item,timestamp\n" + body)
+    with pytest.raises(DataError, match=r"duphdr\.csv:20002: repeated header row"):
+        list(iter_chunks(src, "csv", chunk_rows=2048))
+
+
+def test_csv_bad_time_value_in_first_block_names_line(tmp_path: Path) -> None:
+    src = tmp_path / "log.csv"
+    src.write_text("user,item,timestamp\na,b,1\na,c,2\na,d,soon\n")
+    with pytest.raises(DataError, match=r"log\.csv:4: column 'timestamp': 'soon' is not a number"):
+        prepare(src, tmp_path / "out")
+    # no numeric value at all: the column, with the first example
+    src.write_text("user,item,timestamp\na,b,x\na,c,y\n")
+    with pytest.raises(DataError, match=r"log\.csv: column 'timestamp': time values must be numeric .*\(line 2: 'x'\)"):
+        prepare(src, tmp_path / "out")
+    assert_clean(tmp_path, "out")
+
+
+@pytest.mark.parametrize("header, pattern", [
+    ("user,item,timestamp,item", r"dup\.csv: column 'item' appears twice in the header"),
+    ("timestamp,user,item,user,user", r"dup\.csv: column 'user' appears 3 times in the header"),
+])
+def test_csv_duplicate_column_in_header(tmp_path: Path, header: str, pattern: str) -> None:
+    src = tmp_path / "dup.csv"
+    n = header.count(",") + 1
+    src.write_text(header + "\n" + "".join(",".join(["1"] * n) + "\n" for _ in range(5)))
+    with pytest.raises(DataError, match=pattern):
+        prepare(src, tmp_path / "out")
+    assert_clean(tmp_path, "out")
+
+
+def test_duplicate_unused_column_is_fine(tmp_path: Path) -> None:
+    src = tmp_path / "log.csv"
+    src.write_text("user,extra,item,timestamp,extra\n" + "".join(f"a,1,{i},{t},2\n" for t, i in enumerate("xyz")))
+    assert prepare(src, tmp_path / "out")["users"] == 1
+
+
+@pytest.mark.parametrize("cut", [30, 2000])
+def test_truncated_csv_gz(tmp_path: Path, cut: int) -> None:
+    src = tmp_path / "log.csv.gz"
+    src.write_bytes(gzip.compress(("user,item,timestamp\n" + "".join(
+        f"u{k % 97},i{k % 31},{k}\n" for k in range(5000))).encode())[:-cut])
+    with pytest.raises(DataError, match=r"log\.csv\.gz:\d+: corrupt or truncated gzip data"):
+        prepare(src, tmp_path / "out")
+    assert_clean(tmp_path, "out")
+
+
+@pytest.mark.parametrize("fmt, name, content", [
+    ("csv", "log.csv", "user,item,timestamp\na,b,1\n"),
+    ("seq", "s.txt", "1 2 3 4\n"),
+    ("amazon-json", "r.json", amazon_lines(AMAZON)),
+])
+def test_unreadable_input_in_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, name: str,
+                                    content: str) -> None:
+    import fenrec_dist.data.readers as readers
+    from test_prepare import _deny
+
+    src = tmp_path / name
+    src.write_text(content)
+    monkeypatch.setattr(readers, "open", _deny([src]), raising=False)
+    with pytest.raises(DataError, match=rf"cannot read .*{re.escape(name)}: permission denied"):
+        list(iter_chunks(src, fmt))

@@ -49,6 +49,13 @@ Atomicity. Everything is written to a temporary directory beside ``out_dir`` and
 into place at the end; an existing ``out_dir`` is replaced (``overwrite=True``) only after
 the new output is complete. On any failure neither the temporary directory nor a
 partial ``out_dir`` remains.
+
+Safety. ``overwrite`` only ever replaces a prepared dataset (a directory whose
+``manifest.json`` is a fenrec-dist manifest) or an empty directory: ``out_dir`` being a
+file, a directory of other files, or a directory holding the input is refused with a
+DataError before anything is read. Options out of range raise ``config.ConfigError``
+naming the CLI flag, also before the input is read; permission errors on the input or
+the output become DataErrors naming the path.
 """
 
 from __future__ import annotations
@@ -137,19 +144,17 @@ def prepare(
 ) -> dict[str, Any]:
     """Prepare ``input_path`` into ``out_dir`` (layout in the module doc); return the manifest.
 
-    Raises DataError (naming the file and line or column) on bad input or when
-    ``out_dir`` exists and ``overwrite`` is False, ValueError on bad arguments.
+    Raises DataError (naming the file and line or column) on bad input, on an unreadable
+    input or unwritable output, when ``out_dir`` exists and ``overwrite`` is False, or
+    when ``out_dir`` may not be replaced (see Safety in the module doc); ConfigError (a
+    ValueError) on bad arguments.
     """
     src = Path(input_path)
     out = Path(out_dir)
-    _check_args(max_len, horizon, min_interactions, k_core, num_shards, row_group_size, num_partitions)
-    if not src.is_file():
-        raise DataError(f"{src}: no such file")
+    _check_args(fmt, max_len, horizon, min_interactions, k_core, num_shards, row_group_size, num_partitions)
+    _check_input(src)
     resolved_fmt = detect_format(src) if fmt == "auto" else fmt
-    if resolved_fmt not in FORMATS:
-        raise ValueError(f"fmt must be 'auto' or one of {list(FORMATS)}, got {fmt!r}")
-    if out.exists() and not overwrite:
-        raise DataError(f"{out}: output directory exists (pass overwrite=True to replace it)")
+    _check_output(src, out, overwrite)
     parts = num_partitions or _auto_partitions(src, resolved_fmt)
     config = {
         "input_path": str(src), "out_dir": str(out), "fmt": fmt, "max_len": max_len, "horizon": horizon,
@@ -157,35 +162,123 @@ def prepare(
         "time_col": time_col, "num_shards": num_shards, "row_group_size": row_group_size,
         "overwrite": overwrite, "num_partitions": parts,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except PermissionError as exc:
+        raise DataError(f"cannot write to {_dir_name(Path(exc.filename).parent if exc.filename else out.parent)}: "
+                        "permission denied") from exc
+    except (FileExistsError, NotADirectoryError) as exc:  # a file where a parent directory should be
+        raise DataError(f"cannot create --out {out}: {exc.filename} is not a directory") from exc
     try:
         manifest = _Job(src, tmp, resolved_fmt, config, _fail_after_shards).run()
         shutil.rmtree(tmp / "_scratch", ignore_errors=True)
         _publish(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, PermissionError):
+            raise _permission_error(exc, src, out, tmp) from exc
         raise
     return manifest
 
 
-def _check_args(max_len: int, horizon: int, min_interactions: int, k_core: int, num_shards: int,
+def _config_error(message: str) -> ValueError:
+    from fenrec_dist.config import ConfigError  # imported here: config is not needed on the data path
+
+    return ConfigError(message)
+
+
+def _check_args(fmt: str, max_len: int, horizon: int, min_interactions: int, k_core: int, num_shards: int,
                 row_group_size: int, num_partitions: int | None) -> None:
-    if max_len < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
-    if horizon < 0:
-        raise ValueError(f"horizon must be >= 0, got {horizon}")
-    if min_interactions < 3:
-        raise ValueError(f"min_interactions must be >= 3 (train, valid and test items), got {min_interactions}")
-    if k_core < 0:
-        raise ValueError(f"k_core must be >= 0, got {k_core}")
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    if row_group_size < 1:
-        raise ValueError(f"row_group_size must be >= 1, got {row_group_size}")
+    """ConfigError naming the CLI flag (and the keyword) of the first option out of range."""
+    if fmt != "auto" and fmt not in FORMATS:
+        raise _config_error(f"--format (fmt) must be 'auto' or one of {list(FORMATS)}, got {fmt!r}")
+    for flag, name, value, low, why in (
+        ("--max-len", "max_len", max_len, 1, ""),
+        ("--horizon", "horizon", horizon, 0, ""),
+        ("--min-interactions", "min_interactions", min_interactions, 3, " (train, valid and test items)"),
+        ("--k-core", "k_core", k_core, 0, ""),
+        ("--num-shards", "num_shards", num_shards, 1, ""),
+        ("--row-group-size", "row_group_size", row_group_size, 1, ""),
+    ):
+        if value < low:
+            raise _config_error(f"{flag} ({name}) must be >= {low}{why}, got {value}")
     if num_partitions is not None and not 1 <= num_partitions <= 4096:
-        raise ValueError(f"num_partitions must be in 1..4096, got {num_partitions}")
+        raise _config_error(f"num_partitions must be in 1..4096, got {num_partitions}")
+
+
+def _dir_name(path: Path) -> str:
+    """``path`` written as a directory (with a trailing separator)."""
+    return str(path).rstrip(os.sep) + os.sep
+
+
+def _check_input(src: Path) -> None:
+    """DataError unless ``src`` is a readable file."""
+    if src.is_dir():
+        raise DataError(f"{src}: is a directory, not a file (the input is one interaction file)")
+    if not src.is_file():
+        raise DataError(f"{src}: no such file")
+    try:
+        with open(src, "rb"):
+            pass
+    except PermissionError as exc:
+        raise DataError(f"cannot read {src}: permission denied") from exc
+
+
+def is_prepared_dataset(path: Path) -> bool:
+    """True if the directory ``path`` holds a ``manifest.json`` written by ``prepare``."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "format_version" in manifest and "shards" in manifest
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    """True if ``child`` lies under ``parent``, lexically or after resolving symlinks."""
+    for c, p in ((Path(os.path.abspath(child)), Path(os.path.abspath(parent))), (child.resolve(), parent.resolve())):
+        if p == c or p in c.parents:
+            return True
+    return False
+
+
+def _check_output(src: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that is a file, or an existing directory that may not be replaced."""
+    if not out.exists():
+        return  # (a dangling symlink is replaced)
+    if not out.is_dir():
+        if overwrite:
+            raise DataError(f"--out {out} is a file, not a directory; refusing to replace it")
+        raise DataError(f"--out {out} exists and is a file, not a directory")
+    if _inside(src, out):
+        raise DataError(f"the input {src} is inside --out {out}; refusing to replace it")
+    if is_prepared_dataset(out):
+        reason = None
+    elif not (out / MANIFEST).exists():
+        try:
+            reason = None if next(out.iterdir(), None) is None else "no manifest.json"
+        except PermissionError as exc:
+            raise DataError(f"cannot read {_dir_name(out)}: permission denied") from exc
+    else:
+        reason = "its manifest.json is not a fenrec-dist manifest"
+    if reason is not None:
+        if overwrite:
+            raise DataError(f"{out}: not a prepared dataset ({reason}); refusing to replace it")
+        raise DataError(f"{out}: output directory exists and is not a prepared dataset ({reason}); "
+                        "choose another --out")
+    if not overwrite:
+        raise DataError(f"{out}: output directory exists; pass --overwrite (overwrite=True) to replace it")
+
+
+def _permission_error(exc: PermissionError, src: Path, out: Path, tmp: Path) -> DataError:
+    """DataError naming the input, or the directory that could not be written."""
+    name = Path(exc.filename) if exc.filename else None
+    if name is not None and os.path.abspath(name) == os.path.abspath(src):
+        return DataError(f"cannot read {src}: permission denied")
+    if name is None or _inside(name, tmp):
+        return DataError(f"cannot write to {_dir_name(out.parent)}: permission denied")
+    return DataError(f"cannot write to {_dir_name(name.parent)}: permission denied")
 
 
 def _auto_partitions(src: Path, fmt: str) -> int:

@@ -18,10 +18,17 @@ Formats (``detect_format`` picks one from the file name):
   below 1 (0 is the padding id) or above 2**31-1, and a negative user id. A user id on
   two lines is an error too (``prepare`` names both lines). ``.gz`` files are read as well.
 - ``csv`` / ``tsv``: a header line and the columns ``user_col``, ``item_col`` and
-  ``time_col`` (others are ignored); ids are strings, or int64 when every id of a chunk
-  is a canonical decimal integer ("12", not "012" or "+12"); the time column must be
-  numeric or a timestamp. ``.gz`` compressed files are read as well.
+  ``time_col`` (others are ignored; each of the three must appear once in the header);
+  ids are strings, or int64 when every id of a chunk is a canonical decimal integer
+  ("12", not "012" or "+12"); the time column must be numeric or a timestamp. ``.gz``
+  compressed files are read as well.
 - ``parquet``: the same columns; ids may be integers or strings.
+
+Missing values are errors naming the file, the line (text formats) or the row (Parquet,
+counted from 1) and the column: a null, empty or whitespace-only id, or an id spelled
+``NaN``/``nan``/``None``/``null`` (``MISSING_IDS``; any other string, "12.5" included,
+is a valid id); a null or NaN time value. A repeated header line inside a CSV is named
+as such. An unreadable file (permission denied) is a DataError naming it.
 - ``amazon-json``: JSON lines, plain or gzip, one review a line with ``reviewerID``,
   ``asin`` and ``unixReviewTime`` (or the given column names when they are not the
   defaults ``user``/``item``/``timestamp``).
@@ -53,6 +60,10 @@ MAX_ITEM_ID = 2**31 - 1
 AMAZON_FIELDS = {"user": "reviewerID", "item": "asin", "timestamp": "unixReviewTime"}
 
 CHUNK_COLUMNS = ("user", "item", "time", "row")
+# id values read as "missing" (besides nulls, empty and whitespace-only strings)
+MISSING_IDS = ("nan", "NaN", "NAN", "Nan", "none", "None", "NONE", "null", "Null", "NULL")
+_MISSING_SET = frozenset(MISSING_IDS)
+_MISSING_ARRAY = pa.array(("",) + MISSING_IDS, pa.string())
 
 
 @dataclass
@@ -113,7 +124,12 @@ def iter_chunks(
         it = _iter_json(path, cols, chunk_rows, stats)
     else:
         raise DataError(f"{path}: unknown format {fmt!r} (known: {list(FORMATS)})")
-    yield from it
+    try:
+        yield from it
+    except PermissionError as exc:
+        raise DataError(f"cannot read {path}: permission denied") from exc
+    except IsADirectoryError as exc:
+        raise DataError(f"{path}: is a directory, not a file") from exc
 
 
 def _is_gzip(path: Path) -> bool:
@@ -213,11 +229,37 @@ def _as_int_if_exact(arr: pa.Array) -> pa.Array:
     return ints if pc.all(pc.equal(pc.cast(ints, pa.string()), arr)).as_py() is not False else arr
 
 
+class _BadValue(Exception):
+    """A missing value found by ``_normalise`` in the source column ``col``, at the global
+    row ``row`` (from 0; None: the whole column has a wrong type). Readers turn it into a
+    DataError naming the line (text) or the row (Parquet)."""
+
+    def __init__(self, row: int | None, col: str, message: str) -> None:
+        super().__init__(message)
+        self.row = row
+        self.col = col
+        self.message = message
+
+
+def _is_missing_id(value: str) -> bool:
+    """True for an id read as missing: empty, whitespace only, or one of ``MISSING_IDS``."""
+    return not value.strip() or value in _MISSING_SET
+
+
+def _missing_message(value: str) -> str:
+    return "empty value" if not value.strip() else f"missing value {value!r}"
+
+
+def _first_true(mask: pa.Array | pa.ChunkedArray) -> int:
+    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
+
+
 def _normalise(path: Path, table: pa.Table | pa.RecordBatch, cols: tuple[str, str, str], row0: int,
                int_strings: bool = False) -> pa.Table:
-    """Rename to user/item/time, check types and nulls, add the row column.
+    """Rename to user/item/time, check types and missing values, add the row column.
 
     ``int_strings``: string ids that are all canonical integers ("12", not "012") become int64.
+    Raises DataError for a column of the wrong type, ``_BadValue`` for a missing value.
     """
     out = {}
     for name, col in zip(("user", "item"), cols[:2]):
@@ -230,12 +272,17 @@ def _normalise(path: Path, table: pa.Table | pa.RecordBatch, cols: tuple[str, st
             arr = arr.cast(pa.int64())
         elif pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
             arr = arr.cast(pa.string())
-            if int_strings:
-                arr = _as_int_if_exact(arr)
         else:
             raise at_column(path, col, f"ids must be integers or strings, got {arr.type}")
         if arr.null_count:
-            raise at_column(path, col, f"{arr.null_count} missing (null) ids")
+            raise _BadValue(row0 + _first_true(pc.is_null(arr)), col, "missing (null) value")
+        if pa.types.is_string(arr.type) and int_strings:
+            arr = _as_int_if_exact(arr)  # (never int64 when one value is empty or NaN)
+        if pa.types.is_string(arr.type):
+            bad = pc.or_(pc.is_in(arr, value_set=_MISSING_ARRAY), pc.utf8_is_space(arr))
+            if pc.any(bad).as_py():
+                k = _first_true(bad)
+                raise _BadValue(row0 + k, col, _missing_message(arr[k].as_py()))
         out[name] = arr
     tcol = cols[2]
     t = table.column(tcol)
@@ -249,21 +296,30 @@ def _normalise(path: Path, table: pa.Table | pa.RecordBatch, cols: tuple[str, st
         t = t.cast(pa.int64())
     elif pa.types.is_date(t.type):
         t = t.cast(pa.date32()).cast(pa.int32()).cast(pa.int64())
+    elif pa.types.is_string(t.type) or pa.types.is_large_string(t.type):
+        raise _BadValue(None, tcol, f"time values must be numeric or timestamps, got {t.type}")
     else:
         raise at_column(path, tcol, f"time values must be numeric or timestamps, got {t.type}")
     if t.null_count:
-        raise at_column(path, tcol, f"{t.null_count} missing (null) time values")
+        raise _BadValue(row0 + _first_true(pc.is_null(t)), tcol, "missing (null) value")
+    if pa.types.is_floating(t.type):
+        nan = pc.is_nan(t)
+        if pc.any(nan).as_py():
+            raise _BadValue(row0 + _first_true(nan), tcol, "missing value NaN")
     out["time"] = t
     out["row"] = pa.array(np.arange(row0, row0 + len(t), dtype=np.int64))
     return pa.table(out)
 
 
-def _check_columns(path: Path, present: list[str], cols: tuple[str, str, str]) -> None:
+def _check_columns(path: Path, present: list[str], cols: tuple[str, str, str], where: str = "header") -> None:
     if len(set(cols)) != 3:
         raise DataError(f"{path}: user, item and time columns must differ, got {list(cols)}")
     for c in cols:
-        if c not in present:
+        n = present.count(c)
+        if n == 0:
             raise at_column(path, c, f"missing (columns present: {present})")
+        if n > 1:
+            raise DataError(f"{path}: column {c!r} appears {'twice' if n == 2 else f'{n} times'} in the {where}")
 
 
 def _csv_header(path: Path, delimiter: str) -> list[str]:
@@ -273,7 +329,9 @@ def _csv_header(path: Path, delimiter: str) -> list[str]:
             raw.seek(0)
             f = gzip.open(raw) if gz else raw
             first = io.TextIOWrapper(f, encoding="utf-8").readline()
-    except (UnicodeDecodeError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise at_line(path, 1, f"corrupt or truncated gzip data: {exc}") from exc
+    except UnicodeDecodeError as exc:
         raise at_line(path, 1, f"cannot read the header: {exc}") from exc
     if not first.strip():
         raise at_line(path, 1, "empty input: no header line (no users)")
@@ -300,8 +358,14 @@ def _iter_csv(path: Path, delimiter: str, cols: tuple[str, str, str], chunk_rows
         for batch in reader:
             if batch.num_rows == 0:
                 continue
-            yield _normalise(path, batch, cols, stats.rows, int_strings=int_ids)
+            try:
+                table = _normalise(path, batch, cols, stats.rows, int_strings=int_ids)
+            except _BadValue as bad:
+                raise _locate_csv_value(path, delimiter, header, cols, bad, stats.rows + batch.num_rows) from None
+            yield table
             stats.rows += batch.num_rows
+    except PermissionError:
+        raise
     except (pa.ArrowInvalid, OSError, EOFError) as exc:
         located = _locate_csv_error(path, delimiter, header, cols[2])
         if located is not None:
@@ -309,26 +373,96 @@ def _iter_csv(path: Path, delimiter: str, cols: tuple[str, str, str], chunk_rows
         raise DataError(f"{path}: near data row {stats.rows + 1}: {exc}") from exc
 
 
-def _locate_csv_error(path: Path, delimiter: str, header: list[str], time_col: str) -> DataError | None:
-    """Slow path after a CSV error: find the first line with a wrong field count or a bad time value."""
-    t = header.index(time_col)
-    try:
-        with open(path, "rb") as raw:
-            gz = raw.read(2) == b"\x1f\x8b"
-            raw.seek(0)
-            f = io.TextIOWrapper(gzip.open(raw) if gz else raw, encoding="utf-8", newline="")
-            reader = csv.reader(f, delimiter=delimiter)
+def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of every non-empty CSV record after the header (slow path for errors).
+
+    Undecodable text and corrupt gzip data raise a DataError at the line reached.
+    """
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        f = io.TextIOWrapper(gzip.open(raw) if gz else raw, encoding="utf-8", newline="")
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
             next(reader, None)
             for row in reader:
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    return at_line(path, reader.line_num, f"expected {len(header)} fields, got {len(row)}: {row}")
-                try:
-                    float(row[t])
-                except ValueError:
-                    return at_line(path, reader.line_num, f"column {time_col!r}: {row[t]!r} is not a number")
-    except (csv.Error, UnicodeDecodeError, EOFError, zlib.error, OSError) as exc:
+                if row:
+                    yield reader.line_num, row
+        except UnicodeDecodeError as exc:
+            raise at_line(path, reader.line_num + 1, f"not UTF-8 text: {exc}") from exc
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise at_line(path, reader.line_num + 1, f"corrupt or truncated gzip data: {exc}") from exc
+        except csv.Error as exc:
+            raise at_line(path, reader.line_num, str(exc)) from exc
+
+
+_CSV_NULLS = frozenset(pacsv.ConvertOptions().null_values)
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_missing_time(value: str) -> bool:
+    return not value.strip() or value in _CSV_NULLS
+
+
+def _locate_csv_value(path: Path, delimiter: str, header: list[str], cols: tuple[str, str, str], bad: _BadValue,
+                      rows_read: int) -> DataError:
+    """The DataError at the line of a missing value (``bad``) found in the first ``rows_read`` rows."""
+    j = header.index(bad.col)
+    is_time = bad.col == cols[2]
+    if bad.row is None:  # string time column: the type Arrow inferred from the first block
+        numeric_seen, first_bad = False, None
+        for n, (line, row) in enumerate(_csv_rows(path, delimiter)):
+            if n >= rows_read:
+                break
+            if row == header:
+                return at_line(path, line, "repeated header row")
+            value = row[j] if j < len(row) else ""
+            if _is_missing_time(value):
+                continue
+            if _is_number(value):
+                numeric_seen = True
+            elif first_bad is None:
+                first_bad = (line, value)
+            if numeric_seen and first_bad is not None:
+                break
+        if first_bad is not None and numeric_seen:
+            return at_line(path, first_bad[0], f"column {bad.col!r}: {first_bad[1]!r} is not a number")
+        example = f" (line {first_bad[0]}: {first_bad[1]!r})" if first_bad is not None else ""
+        return at_column(path, bad.col, bad.message + example)
+    for n, (line, row) in enumerate(_csv_rows(path, delimiter)):
+        if n > bad.row:
+            break
+        value = row[j] if j < len(row) else ""
+        if _is_missing_time(value) if is_time else _is_missing_id(value):
+            return at_line(path, line, f"column {bad.col!r}: {_missing_message(value)}")
+    return DataError(f"{path}: data row {bad.row + 1}: column {bad.col!r}: {bad.message}")
+
+
+def _locate_csv_error(path: Path, delimiter: str, header: list[str], time_col: str) -> DataError | None:
+    """Slow path after a CSV error: the first repeated header line, line with a wrong field
+    count, or non-numeric time value after numeric ones."""
+    t = header.index(time_col)
+    numeric_seen = False
+    try:
+        for line, row in _csv_rows(path, delimiter):
+            if row == header:
+                return at_line(path, line, "repeated header row")
+            if len(row) != len(header):
+                return at_line(path, line, f"expected {len(header)} fields, got {len(row)}: {row}")
+            if _is_number(row[t]):
+                numeric_seen = True
+            elif numeric_seen and not _is_missing_time(row[t]):
+                return at_line(path, line, f"column {time_col!r}: {row[t]!r} is not a number")
+    except OSError as exc:
+        if isinstance(exc, PermissionError):
+            raise
         return DataError(f"{path}: {exc}")
     return None
 
@@ -336,15 +470,25 @@ def _locate_csv_error(path: Path, delimiter: str, header: list[str], time_col: s
 def _iter_parquet(path: Path, cols: tuple[str, str, str], chunk_rows: int, stats: ReadStats) -> Iterator[pa.Table]:
     try:
         pf = pq.ParquetFile(path)
+    except PermissionError:
+        raise
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
-    _check_columns(path, pf.schema_arrow.names, cols)
+    _check_columns(path, pf.schema_arrow.names, cols, where="schema")
     try:
         for batch in pf.iter_batches(batch_size=chunk_rows, columns=list(cols)):
             if batch.num_rows == 0:
                 continue
-            yield _normalise(path, batch, cols, stats.rows)
+            try:
+                table = _normalise(path, batch, cols, stats.rows)
+            except _BadValue as bad:
+                if bad.row is None:
+                    raise at_column(path, bad.col, bad.message) from None
+                raise DataError(f"{path}: row {bad.row + 1}: column {bad.col!r}: {bad.message}") from None
+            yield table
             stats.rows += batch.num_rows
+    except PermissionError:
+        raise
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path}: near row {stats.rows + 1}: {exc}") from exc
 
@@ -384,6 +528,10 @@ def _iter_json(path: Path, cols: tuple[str, str, str], chunk_rows: int, stats: R
                 for c in cols:
                     if rec.get(c) is None:
                         raise at_line(path, lineno, f"missing field {c!r}")
+                for c in (uc, ic):
+                    v = rec[c]
+                    if (isinstance(v, float) and v != v) or (isinstance(v, str) and _is_missing_id(v)):
+                        raise at_line(path, lineno, f"field {c!r}: {_missing_message(str(v))}")
                 try:
                     t = int(rec[tc])
                 except (TypeError, ValueError) as exc:
@@ -396,6 +544,8 @@ def _iter_json(path: Path, cols: tuple[str, str, str], chunk_rows: int, stats: R
                     users, items, times = [], [], []
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise at_line(path, lineno + 1, f"corrupt or truncated gzip data: {exc}") from exc
+    except PermissionError:
+        raise
     except OSError as exc:
         raise at_line(path, lineno + 1, f"read error: {exc}") from exc
     if users:
