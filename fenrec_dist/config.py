@@ -1,53 +1,153 @@
 """Typed run configuration: dataclasses loaded from YAML with dotted overrides.
 
 Precedence: dataclass defaults < YAML file < ``--set section.key=value`` overrides.
-Unknown keys and values of the wrong type are rejected with a message naming the
-dotted key. Every key is documented beside its default (the ``doc`` metadata).
+Unknown keys, values of the wrong type and values outside a key's range are rejected
+with a message naming the dotted key (``train.batch_size: must be >= 1, got 0``). Every
+key is documented beside its default (the ``doc`` metadata) together with its allowed
+range (the ``check`` metadata, appended to the doc by ``describe``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Iterable, Literal, get_args, get_origin
 
 import yaml
 
 
 class ConfigError(ValueError):
-    """A configuration key is unknown, missing or has a value of the wrong type."""
+    """A configuration key is unknown, missing or has a value of the wrong type or range.
+
+    ``keys``: the dotted config keys the error is about (empty when not known), so callers
+    such as the Tune space check can tell which searched parameter is to blame.
+    """
+
+    def __init__(self, message: str, *, keys: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.keys = tuple(keys)
 
 
-def _f(default: Any, doc: str, **kw: Any) -> Any:
-    """A dataclass field with a default and its documentation."""
+# --------------------------------------------------------------------------- value ranges
+
+
+def _num(x: float) -> str:
+    return repr(x) if isinstance(x, int) else f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric interval; ``None`` ends are unbounded. ``text()`` reads like '>= 1' or 'in [0, 1)'."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def ok(self, v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
+            return False
+        return True
+
+    def text(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return (f"in {'(' if self.lo_open else '['}{_num(self.lo)}, "
+                    f"{_num(self.hi)}{')' if self.hi_open else ']'}")
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {_num(self.hi)}"
+        return "finite"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    values: tuple[Any, ...]
+
+    def ok(self, v: Any) -> bool:
+        return not isinstance(v, bool) and v in self.values
+
+    def text(self) -> str:
+        return "one of " + ", ".join(_num(v) if isinstance(v, (int, float)) else repr(v) for v in self.values)
+
+
+@dataclass(frozen=True)
+class NonEmpty:
+    def ok(self, v: Any) -> bool:
+        return isinstance(v, str) and v.strip() != ""
+
+    def text(self) -> str:
+        return "a non-empty string"
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A non-empty list whose items all satisfy ``item``."""
+
+    item: Range
+    item_name: str = "values"
+
+    def ok(self, v: Any) -> bool:
+        return isinstance(v, list) and len(v) > 0 and all(self.item.ok(x) for x in v)
+
+    def text(self) -> str:
+        return f"a non-empty list of {self.item_name} {self.item.text()}"
+
+
+Check = typing.Union[Range, OneOf, NonEmpty, ListOf]
+
+
+def ge(x: float) -> Range:
+    return Range(lo=x)
+
+
+def gt(x: float) -> Range:
+    return Range(lo=x, lo_open=True)
+
+
+def _f(default: Any, doc: str, check: Check | None = None, **kw: Any) -> Any:
+    """A dataclass field with a default, its documentation and its allowed range."""
+    meta = {"doc": doc, "check": check}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc}, **kw)
-    return field(default=default, metadata={"doc": doc}, **kw)
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+PROB = Range(0, 1, hi_open=True)  # a dropout probability: [0, 1)
+UNIT = Range(0, 1)                # a mixing coefficient: [0, 1]
+INT32_MAX = 2**31 - 1             # FAISS k-means takes a C int seed (train.seed + epoch)
 
 
 @dataclass
 class DataConfig:
-    path: str = _f("data/demo", "Prepared dataset directory (output of `fenrec prepare`).")
-    max_len: int = _f(50, "Maximum number of input items per sample (most recent kept).")
-    horizon: int = _f(2, "Future items beyond the target that share the soft label (<= the prepared horizon).")
-    min_interactions: int = _f(3, "Users with fewer interactions cannot be split and are dropped.")
-    num_shards: int = _f(4, "Number of Parquet shards of training samples.")
-    row_group_size: int = _f(16384, "Rows per Parquet row group.")
+    path: str = _f("data/demo", "Prepared dataset directory (output of `fenrec prepare`).", NonEmpty())
+    max_len: int = _f(50, "Maximum number of input items per sample (most recent kept).", ge(1))
+    horizon: int = _f(2, "Future items beyond the target that share the soft label (<= the prepared horizon).",
+                      ge(0))
+    min_interactions: int = _f(3, "Users with fewer interactions cannot be split (train, valid and test items) "
+                                  "and are dropped.", ge(3))
+    num_shards: int = _f(4, "Number of Parquet shards of training samples.", ge(1))
+    row_group_size: int = _f(16384, "Rows per Parquet row group.", ge(1))
 
 
 @dataclass
 class ModelConfig:
     encoder: Literal["sasrec", "gru4rec"] = _f("sasrec", "Sequence encoder.")
-    hidden: int = _f(64, "Hidden size d of item embeddings and the encoder.")
-    layers: int = _f(2, "Transformer blocks (SASRec) or GRU layers (GRU4Rec).")
-    heads: int = _f(2, "Attention heads (SASRec).")
-    ff_mult: int = _f(4, "Feed-forward width as a multiple of hidden (SASRec).")
-    dropout: float = _f(0.5, "Dropout on embeddings and hidden states.")
-    attn_dropout: float = _f(0.5, "Dropout on attention probabilities (SASRec).")
-    init_std: float = _f(0.02, "Std of the N(0, std) initialisation of weights.")
+    hidden: int = _f(64, "Hidden size d of item embeddings and the encoder; divisible by model.heads.", ge(1))
+    layers: int = _f(2, "Transformer blocks (SASRec) or GRU layers (GRU4Rec).", ge(1))
+    heads: int = _f(2, "Attention heads (SASRec).", ge(1))
+    ff_mult: int = _f(4, "Feed-forward width as a multiple of hidden (SASRec).", ge(1))
+    dropout: float = _f(0.5, "Dropout on embeddings and hidden states.", PROB)
+    attn_dropout: float = _f(0.5, "Dropout on attention probabilities (SASRec).", PROB)
+    init_std: float = _f(0.02, "Std of the N(0, std) initialisation of weights.", gt(0))
     trim_padding: bool = _f(True, "Exact speed-up: cut the batch's all-padding left columns.")
     last_position_only: bool = _f(
         True, "Exact speed-up: last block computes queries and feed-forward at the last position only."
@@ -61,10 +161,10 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     soft_labels: bool = _f(True, "Time-dependent soft labels; False gives one-hot targets.")
-    gamma: float = _f(0.2, "Soft-label decay: weight of the k-th future item is gamma^k.")
-    lambda_coarse: float = _f(0.3, "Weight lambda_0 of the coarse-grained intent contrast.")
-    beta_fine: float = _f(0.1, "Weight beta_0 of the fine-grained intent contrast.")
-    temperature: float = _f(1.0, "Softmax temperature of the contrastive losses.")
+    gamma: float = _f(0.2, "Soft-label decay: weight of the k-th future item is gamma^k.", Range(0, 1, lo_open=True))
+    lambda_coarse: float = _f(0.3, "Weight lambda_0 of the coarse-grained intent contrast (0 = off).", ge(0))
+    beta_fine: float = _f(0.1, "Weight beta_0 of the fine-grained intent contrast (0 = off).", ge(0))
+    temperature: float = _f(1.0, "Softmax temperature of the contrastive losses.", gt(0))
     dedup_intents: bool = _f(
         True, "Exact speed-up of the fine term: each intent's centroid once per batch (B + U rows, not 2B); "
         "used in one process with a fixed lam and no index negatives, else the full batch.")
@@ -72,92 +172,100 @@ class LossConfig:
 
 @dataclass
 class NegativesConfig:
-    warmup_epochs: int = _f(20, "Epochs of plain InfoNCE before hard/noise negatives and shaping.")
+    warmup_epochs: int = _f(20, "Epochs of plain InfoNCE before hard/noise negatives and shaping.", ge(0))
     sources: list[str] = _f(
         ["in_batch", "hard", "noise"],
         "Negative samplers used after warm-up: any of in_batch, hard, noise, index (FAISS-mined).",
     )
-    hard_weight: float = _f(0.1, "Weight w of enduring hard negatives in the softmax denominator.")
-    lam_min: float = _f(0.4, "Lower end of the hard-negative mix lam (pull toward the anchor).")
-    lam_max: float = _f(0.4, "Upper end of lam; equal to lam_min gives the reference's fixed lam.")
-    noise_ratio: float = _f(2.0, "rho: noise negatives per anchor (rho * B Gaussian vectors).")
-    noise_steps: int = _f(4, "Normalised gradient-ascent steps that nudge the noise negatives.")
-    noise_step_size: float = _f(1e-3, "Step size of each noise nudge.")
+    hard_weight: float = _f(0.1, "Weight w of enduring hard negatives in the softmax denominator (0 = off).",
+                            ge(0))
+    lam_min: float = _f(0.4, "Lower end of the hard-negative mix lam (pull toward the anchor); <= lam_max.", UNIT)
+    lam_max: float = _f(0.4, "Upper end of lam; equal to lam_min gives the reference's fixed lam.", UNIT)
+    noise_ratio: float = _f(2.0, "rho: noise negatives per anchor (rho * B Gaussian vectors; 0 = off).", ge(0))
+    noise_steps: int = _f(4, "Normalised gradient-ascent steps that nudge the noise negatives.", ge(0))
+    noise_step_size: float = _f(1e-3, "Step size of each noise nudge.", ge(0))
     shaping: bool = _f(True, "Similarity shaping of contrastive logits after warm-up.")
-    tau: float = _f(8.0, "Shaping temperature tau in s * tanh(s / tau).")
-    margin: float = _f(0.2, "Shaping margin m added to tanh for negatives.")
-    index_weight: float = _f(0.1, "Weight of FAISS-index-mined negatives in the softmax denominator.")
-    index_k: int = _f(8, "Index-mined negatives per anchor (after the false-negative filter).")
-    index_candidates: int = _f(32, "Raw neighbours searched per anchor before filtering (> index_k).")
+    tau: float = _f(8.0, "Shaping temperature tau in s * tanh(s / tau).", gt(0))
+    margin: float = _f(0.2, "Shaping margin m added to tanh for negatives.", ge(0))
+    index_weight: float = _f(0.1, "Weight of FAISS-index-mined negatives in the softmax denominator (0 = off).",
+                             ge(0))
+    index_k: int = _f(8, "Index-mined negatives per anchor (after the false-negative filter).", ge(1))
+    index_candidates: int = _f(32, "Raw neighbours searched per anchor before filtering (> index_k when the "
+                                   "index source is used).", ge(1))
     index_type: Literal["flat", "ivf", "hnsw"] = _f(
         "ivf", "FAISS index above index_exact_below rows: flat (exact), ivf or hnsw; exact flat below."
     )
-    index_exact_below: int = _f(50_000, "Rows under which the exact flat index is always used.")
-    index_nlist: int = _f(0, "IVF lists; 0 = the epoch's intent clusters (else about 4 * sqrt(rows), trained).")
-    index_nprobe: int = _f(4, "IVF lists visited per query.")
-    index_hnsw_m: int = _f(32, "HNSW graph degree M.")
-    index_ef_search: int = _f(64, "HNSW efSearch.")
+    index_exact_below: int = _f(50_000, "Rows under which the exact flat index is always used.", ge(0))
+    index_nlist: int = _f(0, "IVF lists; 0 = the epoch's intent clusters (else about 4 * sqrt(rows), trained).",
+                          ge(0))
+    index_nprobe: int = _f(4, "IVF lists visited per query.", ge(1))
+    index_hnsw_m: int = _f(32, "HNSW graph degree M.", ge(2))
+    index_ef_search: int = _f(64, "HNSW efSearch.", ge(1))
     index_exclude_same_user: bool = _f(True, "The filter also drops samples of the anchor's user.")
     index_device: Literal["auto", "cpu", "gpu"] = _f(
         "auto", "FAISS on the GPU when CUDA and faiss-gpu are present (auto), or forced."
     )
-    index_gpu_temp_mb: int = _f(256, "Temporary GPU memory of the FAISS GPU resources (MiB).")
+    index_gpu_temp_mb: int = _f(256, "Temporary GPU memory of the FAISS GPU resources (MiB).", ge(0))
     index_save: bool = _f(True, "Save each epoch's index and neighbour metadata under RUN_DIR/negatives/.")
-    index_keep: int = _f(3, "Epochs of saved indexes kept (older ones are deleted; summaries stay).")
+    index_keep: int = _f(3, "Epochs of saved indexes kept (older ones are deleted; summaries stay).", ge(1))
 
 
 @dataclass
 class IntentConfig:
-    k: int = _f(256, "Number of k-means intents.")
-    niter: int = _f(20, "k-means iterations.")
+    k: int = _f(256, "Number of k-means intents.", ge(1))
+    niter: int = _f(20, "k-means iterations.", ge(1))
     nredo: int = _f(1, "k-means runs from different seeds, the lowest objective kept (ICSRec's clustering "
-                       "uses 5; each run costs niter iterations).")
-    batch_size: int = _f(2048, "Batch size of the eval-mode representation pass.")
+                       "uses 5; each run costs niter iterations).", ge(1))
+    batch_size: int = _f(2048, "Batch size of the eval-mode representation pass.", ge(1))
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(400, "Maximum epochs.")
-    batch_size: int = _f(256, "Samples per batch (per worker in distributed runs).")
-    lr: float = _f(1e-3, "Adam learning rate.")
-    weight_decay: float = _f(0.0, "Adam weight decay.")
-    grad_clip: float = _f(0.0, "Gradient-norm clip; 0 disables.")
-    patience: int = _f(40, "Early-stopping patience in epochs on validation NDCG@20.")
-    seed: int = _f(42, "Seed of model init, shuffles and sampling.")
+    epochs: int = _f(400, "Maximum epochs.", ge(1))
+    batch_size: int = _f(256, "Samples per batch (per worker in distributed runs).", ge(1))
+    lr: float = _f(1e-3, "Adam learning rate.", gt(0))
+    weight_decay: float = _f(0.0, "Adam weight decay.", ge(0))
+    grad_clip: float = _f(0.0, "Gradient-norm clip; 0 disables.", ge(0))
+    patience: int = _f(40, "Early-stopping patience in epochs on the validation metric (eval.metric).", ge(1))
+    seed: int = _f(42, "Seed of model init, shuffles and sampling; seed + epochs must fit a 32-bit int "
+                       "(k-means is seeded with seed + epoch).", Range(0, INT32_MAX))
     length_grouping: bool = _f(
         False, "Sort each shuffled window of length_bucket_batches batches by input length before cutting it "
         "into batches: less padding, but batch-mates (the contrastive negatives) then share lengths, so the "
         "objective is not the paper's. Off: random batches as in ICSRec/FENRec; with model.pack_tokens "
         "grouping saves no measurable step time (bench/bench_grouping.py).")
-    length_bucket_batches: int = _f(64, "Batches per length-sorting window of the shuffled epoch (length_grouping).")
-    threads: int = _f(0, "torch intra-op threads; 0 keeps torch's default.")
+    length_bucket_batches: int = _f(64, "Batches per length-sorting window of the shuffled epoch (length_grouping).",
+                                    ge(1))
+    threads: int = _f(0, "torch intra-op threads; 0 keeps torch's default.", ge(0))
     trim_every: int = _f(0, "Return freed heap pages to the OS (glibc malloc_trim) every N steps (0 = off); "
-                             "the heap is always trimmed between phases. See train/memory.py.")
+                             "the heap is always trimmed between phases. See train/memory.py.", ge(0))
     trim_growth_mib: float = _f(512.0, "Trim when the resident size grew by this many MiB since the last trim "
                                        "(0 = off): bounds the resident size on CPU at a fraction of the page "
-                                       "faults of trim_every (bench/bench_trim.py).")
+                                       "faults of trim_every (bench/bench_trim.py).", ge(0))
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto, cpu or cuda.")
     progress: bool = _f(True, "Show a per-epoch progress bar.")
     time_limit_min: float = _f(
-        0.0, "Stop starting new epochs after this many minutes (0 = none); the best checkpoint is still tested."
+        0.0, "Stop starting new epochs after this many minutes (0 = none); the best checkpoint is still tested.",
+        ge(0),
     )
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = _f(1024, "Users per evaluation batch.")
-    item_chunk: int = _f(65536, "Items scored per chunk in full-ranking top-k.")
-    ks: list[int] = _f([5, 10, 20], "Cut-offs of HR@k and NDCG@k.")
-    metric: str = _f("NDCG@20", "Validation metric for model selection and early stopping.")
+    batch_size: int = _f(1024, "Users per evaluation batch.", ge(1))
+    item_chunk: int = _f(65536, "Items scored per chunk in full-ranking top-k.", ge(1))
+    ks: list[int] = _f([5, 10, 20], "Cut-offs of HR@k and NDCG@k.", ListOf(ge(1), "ints"))
+    metric: str = _f("NDCG@20", "Validation metric for model selection and early stopping: HR@k or NDCG@k "
+                                "with k in eval.ks, or MRR.")
 
 
 @dataclass
 class DistributedConfig:
-    num_workers: int = _f(1, "Ray Train workers.")
+    num_workers: int = _f(1, "Ray Train workers.", ge(1))
     use_gpu: bool = _f(False, "One GPU per worker.")
-    cpus_per_worker: float = _f(1.0, "Logical CPUs per worker.")
-    max_failures: int = _f(0, "Automatic restarts after a worker failure.")
-    keep_checkpoints: int = _f(2, "Checkpoints kept by Ray Train.")
+    cpus_per_worker: float = _f(1.0, "Logical CPUs per worker (fractions allowed).", gt(0))
+    max_failures: int = _f(0, "Automatic restarts after a worker failure (-1 = unlimited).", ge(-1))
+    keep_checkpoints: int = _f(2, "Checkpoints kept by Ray Train.", ge(1))
     storage_path: str = _f("", "Ray Train storage path (shared storage on clusters); '' = runs/.")
     name: str = _f("", "Run name; re-running with the same name resumes. '' = derived from data.")
 
@@ -165,9 +273,9 @@ class DistributedConfig:
 @dataclass
 class DeepSpeedConfig:
     enabled: bool = _f(True, "Wrap the model in a DeepSpeed engine in Ray Train workers.")
-    zero_stage: int = _f(0, "ZeRO stage 0, 1 or 2.")
+    zero_stage: int = _f(0, "ZeRO stage 0, 1 or 2.", OneOf((0, 1, 2)))
     bf16: Literal["auto", "true", "false"] = _f("auto", "auto (bf16 on GPU, fp32 on CPU), true or false.")
-    optimizer: str = _f("torch_adam", "torch_adam (no compile) or a DeepSpeed optimizer type.")
+    optimizer: str = _f("torch_adam", "torch_adam (no compile) or a DeepSpeed optimizer type.", NonEmpty())
 
 
 @dataclass
@@ -181,6 +289,64 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, mark: Any, first: Any) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.mark, self.first = key, mark, first
+
+    def where(self) -> str:
+        first = f" (first given on line {self.first.line + 1})" if self.first is not None else ""
+        return f"line {self.mark.line + 1}: duplicate key {self.key!r}{first}"
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a mapping giving the same key twice (plain PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` merges may be overridden by explicit keys
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise _DuplicateKeyError(key, key_node.start_mark, seen[key])
+                    seen[key] = key_node.start_mark
+                except TypeError:  # unhashable key: SafeLoader reports it below
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """Parse the YAML file ``path``; every problem (missing, a directory, unreadable, not UTF-8,
+    invalid YAML, a duplicate key) is a ConfigError naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{what} {p} does not exist")
+    if p.is_dir():
+        raise ConfigError(f"{what} {p} is a directory, not a YAML file")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {p} cannot be read: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {p} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                          f"is it a YAML file?") from exc
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except _DuplicateKeyError as exc:
+        raise ConfigError(f"{p}: {exc.where()}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- coercion
@@ -197,12 +363,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) and all(isinstance(a, str) for a in get_args(tp)):
             value = "true" if value else "false"  # YAML reads `true` as a bool
         if value not in get_args(tp):
-            raise ConfigError(f"{key}: {value!r} is not one of {list(get_args(tp))}")
+            raise ConfigError(f"{key}: {value!r} is not one of {list(get_args(tp))}", keys=[key])
         return value
     if origin in (list, typing.List):
         (inner,) = get_args(tp) or (Any,)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}", keys=[key])
         return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         for arg in get_args(tp):
@@ -210,16 +376,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+        raise ConfigError(f"{key}: {value!r} does not match {tp}", keys=[key])
     if tp is Any:
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected bool, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected bool, got {type(value).__name__} {value!r}", keys=[key])
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}", keys=[key])
         return value
     if tp is float:
         if isinstance(value, str):
@@ -228,13 +394,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
-        return float(value)
+            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}", keys=[key])
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}", keys=[key])
+        return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected str, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected str, got {type(value).__name__} {value!r}", keys=[key])
         return value
-    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}", keys=[key])
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -243,13 +412,14 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _merge_into(obj: Any, values: dict[str, Any], prefix: str) -> None:
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(values).__name__}")
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(values).__name__}",
+                          keys=[prefix] if prefix else [])
     hints = _hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for k, v in values.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in names:
-            raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
+            raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})", keys=[key])
         current = getattr(obj, k)
         if dataclasses.is_dataclass(current):
             _merge_into(current, v, key)
@@ -266,9 +436,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        value = yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() != "" else ""
+    except _DuplicateKeyError as exc:
+        raise ConfigError(f"override {key}: duplicate key {exc.key!r} in {raw!r}", keys=[key]) from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}", keys=[key]) from exc
     return key, value
 
 
@@ -277,9 +449,13 @@ def apply_override(cfg: Config, key: str, value: Any) -> None:
     parts = key.split(".")
     obj: Any = cfg
     for i, p in enumerate(parts[:-1]):
+        here = ".".join(parts[: i + 1])
         if not dataclasses.is_dataclass(obj) or p not in {f.name for f in dataclasses.fields(obj)}:
-            raise ConfigError(f"unknown config key '{'.'.join(parts[: i + 1])}'")
+            raise ConfigError(f"unknown config key '{here}'", keys=[here])
         obj = getattr(obj, p)
+        if not dataclasses.is_dataclass(obj):
+            raise ConfigError(f"{here} is not a section: it is a key of type {type(obj).__name__} (set it with "
+                              f"{here}=VALUE), so '{key}' does not exist", keys=[here])
     _merge_into(obj, {parts[-1]: value}, ".".join(parts[:-1]))
 
 
@@ -290,16 +466,11 @@ def load_config(
     cfg = Config()
     if path is not None:
         p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
+        raw = read_yaml(p) or {}
         try:
             _merge_into(cfg, raw, "")
         except ConfigError as exc:
-            raise ConfigError(f"{p}: {exc}") from exc
+            raise ConfigError(f"{p}: {exc}", keys=exc.keys) from exc
     for ov in overrides or []:
         apply_override(cfg, *parse_override(ov))
     validate(cfg)
@@ -331,7 +502,7 @@ def apply_resume_overrides(cfg: Config, overrides: list[str]) -> list[tuple[str,
         key, value = parse_override(ov)
         if key not in RESUME_KEYS:
             raise ConfigError(f"--resume: '{key}' is fixed by the run's config.yaml (it would change what the run "
-                              f"computes); --set may change only {', '.join(RESUME_KEYS)}")
+                              f"computes); --set may change only {', '.join(RESUME_KEYS)}", keys=[key])
         before.setdefault(key, value_of(key))
         apply_override(cfg, key, value)
     validate(cfg)
@@ -354,41 +525,104 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+# --------------------------------------------------------------------------- validation
+
+
 KNOWN_SOURCES = ("in_batch", "hard", "noise", "index")
 
 
-def validate(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
-    for s in cfg.negatives.sources:
+def metrics_for_ks(ks: Iterable[int]) -> list[str]:
+    """The validation metrics evaluation reports for the cut-offs ``ks``."""
+    ks = list(ks)
+    return [f"{m}@{k}" for m in ("HR", "NDCG") for k in ks] + ["MRR"]
+
+
+def _field_index() -> dict[str, tuple[Any, dataclasses.Field]]:
+    out: dict[str, tuple[Any, dataclasses.Field]] = {}
+    for sec in dataclasses.fields(Config):
+        cls = sec.type if isinstance(sec.type, type) else _hints(Config)[sec.name]
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            out[f"{sec.name}.{f.name}"] = (hints[f.name], f)
+    return out
+
+
+_FIELDS: dict[str, tuple[Any, dataclasses.Field]] = {}
+
+
+def _fields() -> dict[str, tuple[Any, dataclasses.Field]]:
+    if not _FIELDS:
+        _FIELDS.update(_field_index())
+    return _FIELDS
+
+
+def field_check(key: str) -> Check | None:
+    """The range check of the dotted ``key`` (None: any value of its type)."""
+    entry = _fields().get(key)
+    return entry[1].metadata.get("check") if entry else None
+
+
+def _check_range(key: str, value: Any) -> None:
+    check = field_check(key)
+    if check is not None and not check.ok(value):
+        raise ConfigError(f"{key}: must be {check.text()}, got {value!r}", keys=[key])
+
+
+def check_value(key: str, value: Any) -> Any:
+    """Type- and range-check one value for the dotted ``key`` alone (no cross-field checks);
+    returns the coerced value. Raises ConfigError naming the key."""
+    entry = _fields().get(key)
+    if entry is None:
+        raise ConfigError(f"unknown config key '{key}'", keys=[key])
+    value = _coerce(value, entry[0], key)
+    _check_range(key, value)
+    if key == "negatives.sources":
+        _check_sources(value)
+    return value
+
+
+def _check_sources(sources: list[str]) -> None:
+    for s in sources:
         if s not in KNOWN_SOURCES:
-            raise ConfigError(f"negatives.sources: unknown source {s!r} (known: {list(KNOWN_SOURCES)})")
-    if not 0.0 <= cfg.negatives.lam_min <= cfg.negatives.lam_max <= 1.0:
-        raise ConfigError("negatives.lam_min/lam_max: need 0 <= lam_min <= lam_max <= 1")
-    neg = cfg.negatives
-    if "index" in neg.sources and not 0 < neg.index_k < neg.index_candidates:
-        raise ConfigError("negatives.index_k/index_candidates: need 0 < index_k < index_candidates")
-    if neg.index_weight < 0:
-        raise ConfigError("negatives.index_weight: must be >= 0")
-    if neg.index_keep < 1:
-        raise ConfigError("negatives.index_keep: must be >= 1")
-    if cfg.data.max_len < 1:
-        raise ConfigError("data.max_len: must be >= 1")
-    if cfg.data.horizon < 0:
-        raise ConfigError("data.horizon: must be >= 0")
-    if not 0.0 < cfg.loss.gamma or cfg.loss.gamma > 1.0:
-        raise ConfigError("loss.gamma: must be in (0, 1]")
-    if cfg.model.hidden % cfg.model.heads:
-        raise ConfigError("model.hidden: must be divisible by model.heads")
-    if cfg.train.trim_every < 0 or cfg.train.trim_growth_mib < 0:
-        raise ConfigError("train.trim_every/trim_growth_mib: must be >= 0 (0 = off)")
-    if cfg.intents.k < 1 or cfg.intents.niter < 1 or cfg.intents.nredo < 1:
-        raise ConfigError("intents.k/niter/nredo: must be >= 1")
-    if cfg.deepspeed.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError("deepspeed.zero_stage: must be 0, 1, 2 or 3")
+            raise ConfigError(f"negatives.sources: unknown source {s!r} (known: {list(KNOWN_SOURCES)})",
+                              keys=["negatives.sources"])
+
+
+def validate(cfg: Config) -> None:
+    """Every key's own range (the ``check`` beside its default), then cross-field checks.
+
+    Each error names one key (the one whose range or relation is violated) and the allowed
+    values: ``train.batch_size: must be >= 1, got 0``.
+    """
+    for key in _fields():
+        section, name = key.split(".")
+        _check_range(key, getattr(getattr(cfg, section), name))
+    _check_sources(cfg.negatives.sources)
+    neg, model = cfg.negatives, cfg.model
+    if neg.lam_min > neg.lam_max:
+        raise ConfigError(f"negatives.lam_min: must be <= negatives.lam_max ({neg.lam_max!r}), got {neg.lam_min!r}",
+                          keys=["negatives.lam_min", "negatives.lam_max"])
+    if "index" in neg.sources and not neg.index_k < neg.index_candidates:
+        raise ConfigError(f"negatives.index_candidates: must be > negatives.index_k ({neg.index_k}) when 'index' "
+                          f"is in negatives.sources, got {neg.index_candidates}",
+                          keys=["negatives.index_candidates", "negatives.index_k"])
+    if model.hidden % model.heads:
+        raise ConfigError(f"model.hidden: must be divisible by model.heads ({model.heads}), got {model.hidden}",
+                          keys=["model.hidden", "model.heads"])
+    last_epoch = cfg.train.epochs - 1
+    if cfg.train.seed + last_epoch > INT32_MAX:
+        raise ConfigError(f"train.seed: must be <= {INT32_MAX - last_epoch} with train.epochs={cfg.train.epochs} "
+                          f"(k-means takes seed + epoch as a 32-bit int), got {cfg.train.seed}",
+                          keys=["train.seed", "train.epochs"])
+    allowed = metrics_for_ks(cfg.eval.ks)
+    if cfg.eval.metric not in allowed:
+        raise ConfigError(f"eval.metric: must be one of {allowed} (the metrics of eval.ks={list(cfg.eval.ks)}), "
+                          f"got {cfg.eval.metric!r}", keys=["eval.metric", "eval.ks"])
 
 
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """(dotted key, type, default, doc) for every key: the documented reference."""
+    """(dotted key, type, default, doc) for every key: the documented reference. The doc ends
+    with the allowed range ("Must be >= 1.") of keys that have one."""
     rows: list[tuple[str, str, Any, str]] = []
     inst = cls()
     hints = _hints(cls)
@@ -398,5 +632,9 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, 
         if dataclasses.is_dataclass(val):
             rows.extend(describe(type(val), key + "."))
         else:
-            rows.append((key, _type_name(hints[f.name]), val, f.metadata.get("doc", "")))
+            doc = f.metadata.get("doc", "")
+            check = f.metadata.get("check")
+            if check is not None:
+                doc = f"{doc} Must be {check.text()}."
+            rows.append((key, _type_name(hints[f.name]), val, doc))
     return rows

@@ -379,3 +379,94 @@ def test_prune_with_an_unreadable_snapshot_deletes_nothing(tmp_path):
     (tmp_path / TRAIN_SNAPSHOT).write_text('{"checkpoint_results": [')  # cut short
     assert prune_unregistered_checkpoints(tmp_path, keep=1) == []
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == names
+
+
+# --------------------------------------------------------------------------- ranges of searched values
+
+
+@pytest.mark.parametrize(
+    "spec,search,bad,message",
+    [
+        # the randint low end 0 of a batch size once started a trial that hung
+        ({"type": "randint", "low": 0, "high": 256}, "random", "0", "train.batch_size: must be >= 1, got 0"),
+        ({"type": "randint", "low": 64, "high": 256}, "random", None, None),
+        ({"type": "choice", "values": [128, 0, 256]}, "random", "0", "train.batch_size: must be >= 1, got 0"),
+        ({"type": "grid", "values": [128, -1]}, "random", "-1", "train.batch_size: must be >= 1, got -1"),
+        ({"type": "randint", "low": -4, "high": 4, "grid_points": 3}, "grid", "-4", "train.batch_size: must be >= 1"),
+    ],
+)
+def test_range_ends_and_listed_values_are_range_checked(tmp_path, spec, search, bad, message):
+    space = parse_space({"search": search, "params": {"train.batch_size": spec}}, tmp_path / "s.yaml")
+    if bad is None:
+        validate_space(space, Config())
+        return
+    with pytest.raises(ConfigError) as e:
+        validate_space(space, Config())
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 's.yaml'}: parameter 'train.batch_size' value {bad} is rejected"), msg
+    assert message in msg
+
+
+@pytest.mark.parametrize(
+    "name,spec,needle",
+    [
+        ("model.dropout", {"type": "uniform", "low": 0.1, "high": 1.0}, "'model.dropout' value 1.0 .*must be in \\[0, 1\\)"),
+        ("model.attn_dropout", {"type": "choice", "values": [0.1, 1.5]}, "'model.attn_dropout' value 1.5"),
+        ("train.lr", {"type": "uniform", "low": -0.01, "high": 0.01}, "'train.lr' value -0.01 .*train.lr: must be > 0"),
+        ("train.epochs", {"type": "randint", "low": 0, "high": 3}, "'train.epochs' value 0 .*must be >= 1"),
+        ("model.heads", {"type": "choice", "values": [1, 0]}, "'model.heads' value 0 .*model.heads: must be >= 1"),
+        ("intents.nredo", {"type": "randint", "low": 0, "high": 2}, "'intents.nredo' value 0 .*intents.nredo: must"),
+        ("eval.ks", {"type": "choice", "values": [[5, 10, 20], []]}, "'eval.ks' value \\[\\] .*non-empty"),
+        ("deepspeed.zero_stage", {"type": "randint", "low": 0, "high": 3}, "'deepspeed.zero_stage' value 3"),
+        ("loss.temperature", {"type": "choice", "values": [0.5, float("nan")]}, "'loss.temperature' value nan .*finite"),
+    ],
+)
+def test_each_searched_key_is_checked_against_its_range(name, spec, needle):
+    space = parse_space({"params": {name: spec}}, "s.yaml")
+    with pytest.raises(ConfigError, match=needle):
+        validate_space(space, Config())
+
+
+def test_interior_values_of_an_int_range_meet_cross_field_checks():
+    """hidden % heads: the ends 32 and 40 pass, 33 does not."""
+    space = parse_space({"params": {"model.hidden": {"type": "randint", "low": 32, "high": 40}}}, "s.yaml")
+    with pytest.raises(ConfigError, match="parameter 'model.hidden' value 33 .*divisible by model.heads"):
+        validate_space(space, Config())
+    validate_space(parse_space({"params": {"model.hidden": {"type": "choice", "values": [32, 40]}}}, "s.yaml"),
+                   Config())
+
+
+def test_bad_end_is_found_among_more_combinations_than_are_checked_jointly():
+    """2^10 combinations > MAX_COMBOS: the single-key pass still checks every end."""
+    params = {f"negatives.{k}": {"type": "choice", "values": [0.1, 0.2]}
+              for k in ("hard_weight", "noise_ratio", "noise_step_size", "index_weight", "margin")}
+    params.update({f"loss.{k}": {"type": "choice", "values": [0.1, 0.2]} for k in ("lambda_coarse", "beta_fine")})
+    params["loss.gamma"] = {"type": "choice", "values": [0.1, 0.2]}
+    params["model.init_std"] = {"type": "choice", "values": [0.01, 0.02]}
+    params["negatives.tau"] = {"type": "uniform", "low": 0.0, "high": 8.0}  # tau must be > 0
+    space = parse_space({"params": params}, "big.yaml")
+    with pytest.raises(ConfigError, match=r"big.yaml: parameter 'negatives.tau' value 0.0 .*negatives.tau: must be > 0"):
+        validate_space(space, Config())
+
+
+def test_non_finite_range_ends_and_duplicate_keys_in_space_files(tmp_path):
+    for low, high in ((float("nan"), 0.5), (0.1, float("inf"))):
+        with pytest.raises(ConfigError, match="expected a finite number"):
+            parse_space({"params": {"loss.gamma": {"type": "uniform", "low": low, "high": high}}}, "s.yaml")
+    p = _write(tmp_path, "params:\n  loss.gamma: {type: uniform, low: 0.1, high: 0.5}\n"
+                         "  loss.gamma: {type: uniform, low: 0.2, high: 0.3}\n")
+    with pytest.raises(ConfigError, match=rf"{p}: line 3: duplicate key 'loss.gamma'"):
+        load_space(p)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_space(tmp_path)
+
+
+def test_cli_zero_batch_size_range_exits_2_before_any_trial(tmp_path, capsys):
+    import ray
+
+    p = _write(tmp_path, "params:\n  train.batch_size: {type: randint, low: 0, high: 256}\n")
+    rc = main(["tune", "--space", str(p), "--out", str(tmp_path / "sweep")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert str(p) in err and "train.batch_size: must be >= 1, got 0" in err
+    assert not (tmp_path / "sweep").exists() and not ray.is_initialized()

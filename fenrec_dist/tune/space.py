@@ -24,16 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from fenrec_dist.config import (
     Config,
     ConfigError,
     apply_override,
+    check_value,
     config_from_dict,
     describe,
     load_config,
+    metrics_for_ks,
     parse_override,
+    read_yaml,
     to_dict,
     validate,
 )
@@ -52,6 +54,7 @@ SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor", "max_t"}
 RESOURCE_KEYS = {"num_workers": "distributed.num_workers", "cpus_per_worker": "distributed.cpus_per_worker",
                  "use_gpu": "distributed.use_gpu"}
 MAX_COMBOS = 512  # joint value combinations checked exhaustively; beyond, singles + a random sample
+MAX_INT_VALUES = 100_000  # randint ranges up to this size have every value checked against the key's range
 
 
 def plain(value: Any) -> Any:
@@ -101,6 +104,17 @@ class Param:
         if self.type == "randint":
             return [int(self.low), int(self.high)]
         return [float(self.low), float(self.high)]  # what Tune's float samplers return
+
+    def all_values(self, search: str, limit: int) -> list[Any] | None:
+        """Every value a trial can receive, when there are at most ``limit`` (else None):
+        a randint's whole range, the listed or grid values; None for float ranges."""
+        if search == "grid" or self.type in ("choice", "grid"):
+            values = self.grid_values()
+        elif self.type == "randint" and int(self.high) - int(self.low) < limit:
+            values = list(range(int(self.low), int(self.high) + 1))
+        else:
+            return None
+        return values if len(values) <= limit else None
 
     def domain(self, search: str) -> Any:
         """The Ray Tune search-space object."""
@@ -179,6 +193,8 @@ def _number(path: str | Path, where: str, value: Any, integer: bool = False) -> 
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok:
         raise _err(path, f"{where}: expected {'an int' if integer else 'a number'}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _err(path, f"{where}: expected a finite number, got {value!r}")
     return value
 
 
@@ -323,13 +339,7 @@ def parse_space(raw: Any, path: str | Path = "<space>") -> Space:
 
 def load_space(path: str | Path) -> Space:
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"space file {p} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
-    return parse_space(raw, p)
+    return parse_space(read_yaml(p, what="space file"), p)
 
 
 # --------------------------------------------------------------------------- configs
@@ -364,7 +374,7 @@ def trial_config(base: dict[str, Any] | Config, params: dict[str, Any]) -> Confi
 
 
 def allowed_metrics(cfg: Config) -> list[str]:
-    return [f"{m}@{k}" for m in ("HR", "NDCG") for k in cfg.eval.ks] + ["MRR"]
+    return metrics_for_ks(cfg.eval.ks)
 
 
 def _prepared_horizon(cfg: Config) -> int | None:
@@ -381,13 +391,30 @@ def _prepared_horizon(cfg: Config) -> int | None:
         return None
 
 
+def _blame(space: Space, exc: ConfigError, params: dict[str, Any]) -> ConfigError:
+    """The file-level error for a combination the config rejects: one searched parameter
+    when the error is about it alone, else all of them together."""
+    keys = set(exc.keys)
+    culprits = [n for n in params if n in keys] if keys else [n for n in params if str(exc).startswith(f"{n}:")]
+    if len(culprits) == 1:
+        n = culprits[0]
+        return _err(space.path, f"parameter '{n}' value {params[n]!r} is rejected by the config: {exc}")
+    joined = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    return _err(space.path, f"parameters {joined} are rejected together by the config: {exc}")
+
+
 def validate_space(space: Space, base: Config) -> None:
     """Check every value a trial can receive against the config, before any trial starts.
 
-    Each parameter's candidates (a range's ends, every listed or grid value) first go
-    through the config's type checks one at a time; then their joint combinations
-    (exhaustively up to ``MAX_COMBOS``, else a seeded sample) go through ``trial_config``
-    (types, ranges and cross-field checks such as lam_min <= lam_max).
+    1. Each parameter alone: both ends of a range (every value of a randint range, every
+       listed or grid value) go through the config's type and range checks of that key
+       (``check_value``: ``train.batch_size`` must be >= 1, ``model.dropout`` in [0, 1), ...).
+       Every key's range is an interval, so a float range whose two ends pass holds only
+       valid values.
+    2. Their joint combinations, with the base config, go through ``trial_config`` (types,
+       ranges and cross-field checks such as lam_min <= lam_max or hidden % heads == 0):
+       exhaustively over every value when there are at most ``MAX_COMBOS`` of them, else
+       over the ends, exhaustively up to ``MAX_COMBOS`` combinations, else a seeded sample.
     """
     if space.metric not in allowed_metrics(base):
         raise _err(space.path, f"metric {space.metric!r} is not reported (eval.ks={list(base.eval.ks)}; "
@@ -395,15 +422,19 @@ def validate_space(space: Space, base: Config) -> None:
     base_dict = to_dict(base)
     horizon = _prepared_horizon(base)
     cands = {name: p.candidates(space.search) for name, p in space.params.items()}
-    for name, values in cands.items():
-        for v in values:
+    for name, p in space.params.items():
+        singles = p.all_values(space.search, MAX_INT_VALUES) or cands[name]
+        for v in singles:
             try:
-                apply_override(config_from_dict(copy.deepcopy(base_dict)), name, plain(v))
+                check_value(name, plain(v))
             except ConfigError as exc:
                 raise _err(space.path, f"parameter '{name}' value {v!r} is rejected by the config: {exc}") from exc
             if name == "data.horizon" and horizon is not None and v > horizon:
                 raise _err(space.path, f"parameter 'data.horizon' value {v} exceeds the prepared horizon {horizon} "
                                        f"of {base.data.path} (prepare with --horizon {v}, or search values <= {horizon})")
+    full = {name: p.all_values(space.search, MAX_COMBOS) or cands[name] for name, p in space.params.items()}
+    if math.prod(len(v) for v in full.values()) <= MAX_COMBOS:
+        cands = full  # e.g. every hidden size of a small randint range against model.heads
     names = list(cands)
     if math.prod(len(v) for v in cands.values()) <= MAX_COMBOS:
         combos = itertools.product(*cands.values())
@@ -415,9 +446,4 @@ def validate_space(space: Space, base: Config) -> None:
         try:
             trial_config(base_dict, params)
         except ConfigError as exc:
-            culprits = [n for n in names if str(exc).startswith(f"{n}:")]  # the check names one key
-            if len(culprits) == 1:
-                n = culprits[0]
-                raise _err(space.path, f"parameter '{n}' value {params[n]!r} is rejected by the config: {exc}") from exc
-            joined = ", ".join(f"{k}={v!r}" for k, v in params.items())
-            raise _err(space.path, f"parameters {joined} are rejected together by the config: {exc}") from exc
+            raise _blame(space, exc, params) from exc
