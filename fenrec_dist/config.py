@@ -582,6 +582,14 @@ def check_value(key: str, value: Any) -> Any:
 
 
 def _check_sources(sources: list[str]) -> None:
+    if not sources:
+        raise ConfigError("negatives.sources: must name at least one source (e.g. [in_batch]); an empty list "
+                          "leaves the contrastive terms without negatives after the warm-up",
+                          keys=["negatives.sources"])
+    twice = sorted({s for s in sources if sources.count(s) > 1})
+    if twice:
+        raise ConfigError(f"negatives.sources: {', '.join(map(repr, twice))} listed more than once "
+                          f"(each source enters the denominators once)", keys=["negatives.sources"])
     for s in sources:
         if s not in KNOWN_SOURCES:
             raise ConfigError(f"negatives.sources: unknown source {s!r} (known: {list(KNOWN_SOURCES)})",

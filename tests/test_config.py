@@ -313,3 +313,11 @@ def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
 def test_duplicate_key_in_an_override_value():
     with pytest.raises(ConfigError, match=r"override train: duplicate key 'lr'"):
         load_config(None, ["train={lr: 0.1, lr: 0.2}"])
+
+
+def test_negative_sources_must_be_non_empty_and_distinct():
+    with pytest.raises(ConfigError, match=r"negatives.sources: must name at least one source"):
+        load_config(None, ["negatives.sources=[]"])
+    with pytest.raises(ConfigError, match=r"negatives.sources: 'hard' listed more than once"):
+        load_config(None, ["negatives.sources=[in_batch,hard,hard]"])
+    assert load_config(None, ["negatives.sources=[hard]"]).negatives.sources == ["hard"]
