@@ -76,15 +76,19 @@ def test_unknown_fixed_key_and_top_level_key_are_rejected(tmp_path):
         load_space(p)
 
 
-def test_cli_unknown_parameter_exits_2_with_one_line_before_any_trial(tmp_path, capsys):
+@pytest.mark.parametrize("space, message", [
+    ("params:\n  negatives.hard_weigth: {type: choice, values: [0.1, 0.2]}\n", "negatives.hard_weigth"),
+    ("params:\n  train.batch_size: {type: randint, low: 0, high: 256}\n", "train.batch_size: must be >= 1, got 0"),
+], ids=["unknown-parameter", "zero-batch-size"])
+def test_cli_bad_space_exits_2_with_one_line_before_any_trial(tmp_path, capsys, space, message):
     import ray
 
-    p = _write(tmp_path, "params:\n  negatives.hard_weigth: {type: choice, values: [0.1, 0.2]}\n")
+    p = _write(tmp_path, space)
     rc = main(["tune", "--space", str(p), "--out", str(tmp_path / "sweep")])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.count("\n") == 1 and err.startswith("fenrec: config error:")
-    assert str(p) in err and "negatives.hard_weigth" in err
+    assert err.count("\n") == 1 and err.startswith("fenrec: config error:"), err
+    assert str(p) in err and message in err
     assert not (tmp_path / "sweep").exists()
     assert not ray.is_initialized()
 
@@ -460,13 +464,3 @@ def test_non_finite_range_ends_and_duplicate_keys_in_space_files(tmp_path):
     with pytest.raises(ConfigError, match="is a directory"):
         load_space(tmp_path)
 
-
-def test_cli_zero_batch_size_range_exits_2_before_any_trial(tmp_path, capsys):
-    import ray
-
-    p = _write(tmp_path, "params:\n  train.batch_size: {type: randint, low: 0, high: 256}\n")
-    rc = main(["tune", "--space", str(p), "--out", str(tmp_path / "sweep")])
-    err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1, err
-    assert str(p) in err and "train.batch_size: must be >= 1, got 0" in err
-    assert not (tmp_path / "sweep").exists() and not ray.is_initialized()

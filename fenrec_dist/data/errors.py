@@ -21,3 +21,9 @@ def at_line(path: str | Path, line: int, message: str) -> DataError:
 def at_column(path: str | Path, column: str, message: str) -> DataError:
     """A DataError about the column ``column`` of ``path``."""
     return DataError(f"{path}: column {column!r}: {message}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fenrec_dist.data.errors import DataError, at_line
+from fenrec_dist.data.errors import DataError, at_line, first_line
 from fenrec_dist.negatives.index import FaissResources, Mined, TrainingFacts
 
 SUBDIR = "negatives"
@@ -133,7 +133,7 @@ class NegativesStore:
             with self.fs.open_input_file(p) as f:
                 return pq.read_table(f)
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{p}: unreadable Parquet file, corrupt or truncated ({_first_line(exc)})") from exc
+            raise DataError(f"{p}: unreadable Parquet file, corrupt or truncated ({first_line(exc)})") from exc
 
     def load_index(self, epoch: int) -> faiss.Index:
         with tempfile.TemporaryDirectory() as tmp:
@@ -144,12 +144,7 @@ class NegativesStore:
                 return faiss.read_index(str(local))
             except (RuntimeError, OSError, pa.ArrowException) as exc:
                 raise DataError(f"{p}: unreadable FAISS index, corrupt or truncated "
-                                f"({_first_line(exc).replace(str(local), 'index.faiss')})") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+                                f"({first_line(exc).replace(str(local), 'index.faiss')})") from exc
 
 
 def neighbors_from_table(table: pa.Table, n_total: int, k: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from fenrec_dist.data.errors import DataError
+from fenrec_dist.data.errors import DataError, first_line
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -80,8 +80,7 @@ def load_state(path: Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: not loaded: it holds Python objects other than tensors and plain "
                               f"containers, which are never unpickled" + (f" ({what})" if what else "")) from exc
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})") from exc
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {first_line(exc)})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a fenrec checkpoint (holds a {type(state).__name__}, not a dict)")
     missing = [k for k in keys if k not in state]
