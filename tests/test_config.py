@@ -242,10 +242,12 @@ def test_resume_overrides_are_range_checked():
 
 
 def test_saved_run_configs_still_load():
-    """Resolved configs of runs that `fenrec train --resume` will continue."""
-    found = sorted(ROOT.glob("runs/*/config.yaml"))
-    if not found:
-        pytest.skip("no runs/*/config.yaml here")
+    """Resolved configs that `fenrec train --resume` will read: those written by the Beauty runs
+    (tests/fixtures/run_configs, copied from their run directories, length-grouped batches and
+    every key of their day) and any runs/*/config.yaml of this checkout. A renamed or removed
+    key, or a tightened range, that would strand a saved run fails here."""
+    found = sorted((ROOT / "tests" / "fixtures" / "run_configs").glob("*.yaml")) + sorted(ROOT.glob("runs/*/config.yaml"))
+    assert len(found) >= 2, found
     for p in found:
         cfg = load_config(p)
         assert config_from_dict(to_dict(cfg)) == cfg

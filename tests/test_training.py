@@ -577,3 +577,48 @@ def test_distributed_run_with_bad_data_fails_before_ray_and_leaves_no_run_direct
     with pytest.raises(DataError, match=r"nodata/manifest.json: missing manifest"):
         run_distributed(cfg, tmp_path / "out", log=lambda *_: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_resuming_a_finished_run_with_more_epochs_drops_its_stale_final_json(finished_run, tmp_path):
+    """A finished run resumed with a larger train.epochs trains on and best.pt may change: the
+    old final.json goes at the start (said so), never sits beside newer epochs, and the run's
+    end writes the new one. A resume that trains nothing keeps it (written again, same values)."""
+    from fenrec_dist.config import apply_resume_overrides
+    from fenrec_dist.train.single import load_run_config
+
+    run = _copy_run(finished_run, tmp_path / "more")
+    old = json.loads((run / "final.json").read_text())
+    same = train_single(load_run_config(run), run, resume=True, log=lambda *_: None)  # nothing to train
+    assert same == old and json.loads((run / "final.json").read_text()) == old
+
+    cfg = load_run_config(run)
+    apply_resume_overrides(cfg, ["train.epochs=4"])
+    seen: list[str] = []
+
+    def log(line: str) -> None:
+        seen.append(line)
+        if line.startswith("epoch "):
+            assert not (run / "final.json").exists(), line  # no final.json beside the new epochs
+
+    final = train_single(cfg, run, resume=True, log=log)
+    assert any(s.startswith(f"resume: removed {run / 'final.json'}") for s in seen), seen
+    assert [r["epoch"] for r in read_metrics(run)] == [0, 1, 2, 3]
+    assert json.loads((run / "final.json").read_text()) == final
+    assert final == evaluate_run(run, log=lambda *_: None)
+
+
+def test_distributed_progress_callback_drops_a_stale_final_json_at_the_first_new_epoch(finished_run, tmp_path, capsys):
+    """The Ray Train path's driver callback: the first epoch a resumed run reports removes the
+    earlier finish's final.json (the worker writes no final.json; the driver does at the end)."""
+    from fenrec_dist.distributed.driver import make_callback
+    from fenrec_dist.train.single import load_run_config
+
+    run = _copy_run(finished_run, tmp_path / "dist")
+    recs = read_metrics(run)
+    cb = make_callback(run, load_run_config(run))
+    cb.after_report(None, [{"final": True}], None)  # the end-of-run report is not an epoch
+    assert (run / "final.json").exists()
+    cb.after_report(None, [recs[1]], None)  # a resume that trains epoch 1 again
+    assert not (run / "final.json").exists()
+    assert "resume: removed" in capsys.readouterr().out
+    assert [r["epoch"] for r in read_metrics(run)] == [0, 1]

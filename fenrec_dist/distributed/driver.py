@@ -94,6 +94,11 @@ def make_callback(run_dir: Path, cfg: Config):  # type: ignore[no-untyped-def]
             if self.log is None:
                 self.log = MetricsLog(run_dir)
                 self.log.truncate(int(rec["epoch"]))
+                stale = run_dir / "final.json"  # a resumed finished run trains on: best.pt may change
+                if stale.exists():
+                    stale.unlink()
+                    print(f"resume: removed {stale} of the earlier finish; it is written again when the run ends",
+                          flush=True)
             self.log.write(rec)
             print(progress_line(rec, cfg.train.epochs, cfg.eval.metric, cfg.train.patience), flush=True)
 

@@ -102,6 +102,7 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
         set_rng_state(st["rng"])
         log(f"resumed {run_dir} after epoch {start_epoch - 1} (best {cfg.eval.metric}={stopper.best:.4f}@{stopper.best_epoch})")
     log_file.truncate(start_epoch)
+    drop_stale_final(run_dir, cfg, start_epoch, stopper, log)
 
     loss_fn = FENRecLoss(cfg.loss, cfg.negatives)
     partners = PartnerIndex.build(data.train.target, data.num_items)
@@ -168,6 +169,19 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
     log_file.close()
     plot_curves(run_dir, cfg.eval.metric)
     return finish(run_dir, cfg, data, device, log)
+
+
+def drop_stale_final(run_dir: Path, cfg: Config, start_epoch: int, stopper: EarlyStopping, log=print) -> None:
+    """Remove the final.json of an earlier finish when this start trains more epochs.
+
+    A finished run resumed with a larger ``train.epochs`` (or patience) trains on, and its
+    best.pt may change; the old final.json would then describe a checkpoint that is gone.
+    It is written again when the run ends, and ``fenrec evaluate`` rebuilds it any time.
+    """
+    final = run_dir / "final.json"
+    if final.exists() and start_epoch < cfg.train.epochs and not stopper.should_stop:
+        final.unlink()
+        log(f"resume: removed {final} of the earlier finish; it is written again when the run ends")
 
 
 def time_is_up(cfg: Config, t_start: float) -> bool:
