@@ -155,6 +155,30 @@ def test_malformed_distributions_are_rejected(tmp_path):
             parse_space({"params": {"loss.gamma": spec}}, "s.yaml")
 
 
+@pytest.mark.parametrize("top, message", [
+    ({"seed": -1}, r"seed must be in \[0, 2\*\*32 - 1\], got -1"),
+    ({"seed": 2**32}, r"seed must be in \[0, 2\*\*32 - 1\], got 4294967296"),
+    ({"num_samples": 0}, "num_samples must be >= 1, got 0"),
+    ({"scheduler": {"type": "asha", "grace_period": 0}}, "scheduler.grace_period must be >= 1 epoch, got 0"),
+    ({"scheduler": {"type": "asha", "reduction_factor": 1}}, "scheduler.reduction_factor must be > 1, got 1"),
+    ({"scheduler": {"type": "asha", "reduction_factor": float("nan")}}, "scheduler.reduction_factor: expected a finite number"),
+    ({"scheduler": {"type": "asha", "grace_period": 3, "max_t": 2}}, r"scheduler.max_t \(2\) must be >= grace_period \(3\)"),
+    ({"scheduler": {"type": "hyperband"}}, "scheduler.type must be asha or fifo"),
+])
+def test_seed_samples_and_scheduler_settings_are_range_checked(top, message):
+    """Settings outside the search space itself: a negative seed used to pass the checks and
+    fail inside Ray's BasicVariantGenerator (NumPy: "expected non-negative integer")."""
+    with pytest.raises(ConfigError, match=rf"^s.yaml: {message}"):
+        parse_space({"params": {"loss.gamma": {"type": "uniform", "low": 0.1, "high": 0.3}}, **top}, "s.yaml")
+
+
+def test_largest_space_seed_is_accepted_by_the_search_algorithms():
+    from fenrec_dist.tune.sweep import _search_alg
+
+    space = parse_space({"seed": 2**32 - 1, "params": {"loss.gamma": {"type": "uniform", "low": 0.1, "high": 0.3}}})
+    _search_alg(space, space.seed, 1)
+
+
 def test_optuna_is_used_only_when_installed():
     import importlib.util
 

@@ -308,6 +308,8 @@ def parse_space(raw: Any, path: str | Path = "<space>") -> Space:
     seed = raw.get("seed")
     if seed is not None:
         seed = _number(path, "seed", seed, integer=True)
+        if not 0 <= seed <= 2**32 - 1:  # the search algorithms seed NumPy generators with it
+            raise _err(path, f"seed must be in [0, 2**32 - 1], got {seed}")
     params_raw = raw.get("params")
     if not isinstance(params_raw, dict) or not params_raw:
         raise _err(path, "params: expected a non-empty mapping of dotted config keys to distributions")
