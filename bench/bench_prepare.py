@@ -7,11 +7,14 @@ wall time and peak resident memory (``os.wait4`` rusage of that child). Also tim
 Beauty.txt when ../shared/data exists.
 
     python bench/bench_prepare.py --sizes 1000000 10000000 --out bench/results/prepare.json
+    python bench/bench_prepare.py --string-ids --sizes 2000000 --baseline REV --repeats 4 --no-beauty \
+        --out bench/results/prepare_vs_REV.json     # REV's prepare on the same logs, interleaved
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +31,8 @@ import pyarrow.csv as pacsv
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _baseline import revision_tree  # noqa: E402
 
 CHILD = """
 import json, sys, time
@@ -84,13 +89,14 @@ def generate_csv(path: Path, rows: int, seed: int = 0, chunk_rows: int = 1_000_0
     return next_user
 
 
-def run_child(src: Path, out: Path, kwargs: dict) -> dict:
-    """Run prepare in a fresh interpreter; return its summary plus wall time and peak RSS."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def run_child(src: Path, out: Path, kwargs: dict, code: Path = REPO) -> dict:
+    """Run prepare (``code``'s package) in a fresh interpreter; return its summary plus wall
+    time and peak RSS."""
+    env = dict(os.environ, PYTHONPATH=str(code) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(src), str(out), json.dumps(kwargs)],
-                                stdout=subprocess.PIPE, stderr=err, env=env, cwd=str(REPO))
+                                stdout=subprocess.PIPE, stderr=err, env=env, cwd=str(code))
         stdout = proc.stdout.read() if proc.stdout else b""  # small: one JSON line
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
         err.seek(0)
@@ -114,33 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-beauty", action="store_true", help="skip the Beauty.txt timing")
     ap.add_argument("--keep", action="store_true", help="keep the generated logs and outputs")
     ap.add_argument("--string-ids", action="store_true", help="Amazon-like string user/item ids")
+    ap.add_argument("--baseline", default="", help="a git revision whose prepare runs on the same logs, "
+                    "interleaved with this checkout's (A B B A ...); adds baseline rows and ratios")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each side per log (median reported)")
     args = ap.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="bench_prepare_", dir=args.workdir))
-    results = []
-    try:
-        for size in args.sizes:
-            src = work / f"log_{size}.csv"
-            t0 = time.perf_counter()
-            generate_csv(src, size, string_ids=args.string_ids)
-            gen_s = time.perf_counter() - t0
-            res = run_child(src, work / f"out_{size}", {"num_partitions": args.num_partitions})
-            res.update(name=f"synthetic csv {size:,}" + (" (str ids)" if args.string_ids else ""), rows=size, input_mib=round(src.stat().st_size / 2**20, 1),
-                       generate_s=round(gen_s, 2))
-            results.append(res)
-            print(f"{res['name']}: {res['wall_s']:.1f}s, peak RSS {res['peak_rss_mib']:.0f} MiB", flush=True)
-            if not args.keep:
-                src.unlink()
-                shutil.rmtree(work / f"out_{size}")
-        beauty = DATA / "Beauty.txt"
-        if beauty.is_file() and not args.no_beauty:
-            res = run_child(beauty, work / "out_beauty", {})
-            res.update(name="Beauty.txt", rows=res["interactions"],
-                       input_mib=round(beauty.stat().st_size / 2**20, 1))
-            results.append(res)
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        base_tree = stack.enter_context(revision_tree(args.baseline)) if args.baseline else None
+        results, comparisons = run_all(args, base_tree)
 
     header = f"{'input':<36}{'rows':>12}{'users':>10}{'samples':>11}{'parts':>6}{'wall s':>8}" \
              f"{'prepare s':>10}{'peak RSS MiB':>14}{'out MiB':>9}"
@@ -148,13 +135,68 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"{r['name']:<36}{r['rows']:>12,}{r['users']:>10,}{r['train_samples']:>11,}{r['partitions']:>6}"
               f"{r['wall_s']:>8.2f}{r['prepare_s']:>10.2f}{r['peak_rss_mib']:>14.0f}{r['output_mib']:>9.1f}")
+    for c in comparisons:
+        print(f"{c['name']}: prepare_s now/baseline {c['prepare_ratio']:.3f} (medians {c['prepare_s_now']:.2f} / "
+              f"{c['prepare_s_baseline']:.2f} s of {args.repeats} each), peak RSS {c['peak_rss_mib_now']:.0f} / "
+              f"{c['peak_rss_mib_baseline']:.0f} MiB")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-                               "results": results}, indent=2) + "\n")
+    body = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            "command": "python bench/bench_prepare.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "results": results}
+    if args.baseline:
+        body.update(baseline=args.baseline, comparisons=comparisons)
+    tmp.write_text(json.dumps(body, indent=2) + "\n")
     os.replace(tmp, args.out)
     print(f"wrote {args.out}")
     return 0
+
+
+def run_all(args: argparse.Namespace, base_tree: Path | None) -> tuple[list[dict], list[dict]]:
+    """Every log through this checkout's prepare (and the baseline's, interleaved)."""
+    work = Path(tempfile.mkdtemp(prefix="bench_prepare_", dir=args.workdir))
+    results: list[dict] = []
+    comparisons: list[dict] = []
+    sides = [("now", REPO)] + ([("baseline", base_tree)] if base_tree is not None else [])
+    try:
+        inputs = []
+        for size in args.sizes:
+            src = work / f"log_{size}.csv"
+            t0 = time.perf_counter()
+            generate_csv(src, size, string_ids=args.string_ids)
+            inputs.append((src, f"synthetic csv {size:,}" + (" (str ids)" if args.string_ids else ""),
+                           {"num_partitions": args.num_partitions},
+                           {"rows": size, "input_mib": round(src.stat().st_size / 2**20, 1),
+                            "generate_s": round(time.perf_counter() - t0, 2)}))
+        beauty = DATA / "Beauty.txt"
+        if beauty.is_file() and not args.no_beauty:
+            inputs.append((beauty, "Beauty.txt", {}, {"input_mib": round(beauty.stat().st_size / 2**20, 1)}))
+        for src, name, kwargs, extra in inputs:
+            runs: dict[str, list[dict]] = {side: [] for side, _ in sides}
+            for rep in range(args.repeats):
+                order = sides if rep % 2 == 0 else sides[::-1]  # A B, B A, ...
+                for side, code in order:
+                    out = work / f"out_{side}"
+                    res = run_child(src, out, kwargs, code)
+                    res.update(name=name if side == "now" else f"{name} @ {args.baseline}", side=side, repeat=rep,
+                               **extra)
+                    res.setdefault("rows", res["interactions"])
+                    runs[side].append(res)
+                    results.append(res)
+                    print(f"{res['name']}: {res['wall_s']:.1f}s, peak RSS {res['peak_rss_mib']:.0f} MiB", flush=True)
+                    shutil.rmtree(out)
+            if base_tree is not None:
+                med = {side: float(np.median([r["prepare_s"] for r in rs])) for side, rs in runs.items()}
+                rss = {side: float(np.median([r["peak_rss_mib"] for r in rs])) for side, rs in runs.items()}
+                comparisons.append({"name": name, "prepare_s_now": med["now"], "prepare_s_baseline": med["baseline"],
+                                    "prepare_ratio": round(med["now"] / med["baseline"], 3),
+                                    "peak_rss_mib_now": rss["now"], "peak_rss_mib_baseline": rss["baseline"]})
+            if src.parent == work and not args.keep:
+                src.unlink()
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return results, comparisons
 
 
 if __name__ == "__main__":
