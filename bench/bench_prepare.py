@@ -136,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['name']:<36}{r['rows']:>12,}{r['users']:>10,}{r['train_samples']:>11,}{r['partitions']:>6}"
               f"{r['wall_s']:>8.2f}{r['prepare_s']:>10.2f}{r['peak_rss_mib']:>14.0f}{r['output_mib']:>9.1f}")
     for c in comparisons:
-        print(f"{c['name']}: prepare_s now/baseline {c['prepare_ratio']:.3f} (medians {c['prepare_s_now']:.2f} / "
-              f"{c['prepare_s_baseline']:.2f} s of {args.repeats} each), peak RSS {c['peak_rss_mib_now']:.0f} / "
-              f"{c['peak_rss_mib_baseline']:.0f} MiB")
+        print(f"{c['name']}, now / baseline, medians of {args.repeats}: wall {c['wall_s_now']:.2f} / "
+              f"{c['wall_s_baseline']:.2f} s ({c['wall_ratio']:.3f}), of which import {c['import_s_now']:.2f} / "
+              f"{c['import_s_baseline']:.2f} s and prepare {c['prepare_s_now']:.2f} / {c['prepare_s_baseline']:.2f} s "
+              f"({c['prepare_ratio']:.3f}); peak RSS {c['peak_rss_mib_now']:.0f} / {c['peak_rss_mib_baseline']:.0f} MiB")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     body = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -150,6 +151,24 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(tmp, args.out)
     print(f"wrote {args.out}")
     return 0
+
+
+def compare(name: str, runs: dict[str, list[dict]]) -> dict:
+    """Medians of each side and their ratios (now / baseline).
+
+    ``wall`` (interpreter start, imports and prepare) is the end-to-end figure; ``prepare_s``
+    alone can mislead when the two revisions import a module at different times (pyarrow
+    imports pandas on its first ``pa.array`` call: at module import since a6f50e9, inside
+    ``prepare`` before it).
+    """
+    med = {key: {side: float(np.median([r[key] for r in rs])) for side, rs in runs.items()}
+           for key in ("wall_s", "import_s", "prepare_s", "peak_rss_mib")}
+    out = {"name": name}
+    for key, m in med.items():
+        out[f"{key}_now"], out[f"{key}_baseline"] = round(m["now"], 3), round(m["baseline"], 3)
+    out["wall_ratio"] = round(med["wall_s"]["now"] / med["wall_s"]["baseline"], 3)
+    out["prepare_ratio"] = round(med["prepare_s"]["now"] / med["prepare_s"]["baseline"], 3)
+    return out
 
 
 def run_all(args: argparse.Namespace, base_tree: Path | None) -> tuple[list[dict], list[dict]]:
@@ -186,11 +205,7 @@ def run_all(args: argparse.Namespace, base_tree: Path | None) -> tuple[list[dict
                     print(f"{res['name']}: {res['wall_s']:.1f}s, peak RSS {res['peak_rss_mib']:.0f} MiB", flush=True)
                     shutil.rmtree(out)
             if base_tree is not None:
-                med = {side: float(np.median([r["prepare_s"] for r in rs])) for side, rs in runs.items()}
-                rss = {side: float(np.median([r["peak_rss_mib"] for r in rs])) for side, rs in runs.items()}
-                comparisons.append({"name": name, "prepare_s_now": med["now"], "prepare_s_baseline": med["baseline"],
-                                    "prepare_ratio": round(med["now"] / med["baseline"], 3),
-                                    "peak_rss_mib_now": rss["now"], "peak_rss_mib_baseline": rss["baseline"]})
+                comparisons.append(compare(name, runs))
             if src.parent == work and not args.keep:
                 src.unlink()
     finally:
