@@ -243,7 +243,7 @@ class TrainConfig:
                                        "(0 = off): bounds the resident size on CPU at a fraction of the page "
                                        "faults of trim_every (bench/bench_trim.py).", ge(0))
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto, cpu or cuda.")
-    progress: bool = _f(True, "Show a per-epoch progress bar.")
+    progress: bool = _f(True, "Show a per-epoch progress bar on a terminal (never drawn into a log file or pipe).")
     time_limit_min: float = _f(
         0.0, "Stop starting new epochs after this many minutes (0 = none); the best checkpoint is still tested.",
         ge(0),

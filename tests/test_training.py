@@ -622,3 +622,23 @@ def test_distributed_progress_callback_drops_a_stale_final_json_at_the_first_new
     assert not (run / "final.json").exists()
     assert "resume: removed" in capsys.readouterr().out
     assert [r["epoch"] for r in read_metrics(run)] == [0, 1]
+
+
+def test_progress_bar_is_drawn_on_a_terminal_only(tiny_data, tmp_path, monkeypatch):
+    """train.progress=true draws tqdm's bar on a terminal; a log file or pipe (nohup, ray job
+    logs) gets no carriage-return redraws, only the epoch lines."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    seen = {}
+    for name, stream in (("pipe", io.StringIO()), ("terminal", Terminal())):
+        monkeypatch.setattr(sys, "stderr", stream)
+        train_single(_cfg(tiny_data, train__epochs=1, train__progress=True), tmp_path / name, log=lambda *_: None)
+        seen[name] = stream.getvalue()
+    monkeypatch.undo()
+    assert "epoch 0:" in seen["terminal"] and "\r" in seen["terminal"], seen["terminal"][:200]
+    assert "epoch 0:" not in seen["pipe"] and "\r" not in seen["pipe"], seen["pipe"][:200]

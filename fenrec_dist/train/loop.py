@@ -139,7 +139,9 @@ def train_epoch(
     trimmer = HeapTrimmer(trim_every, trim_growth_mib)
     trimmer.start()
     t0 = time.perf_counter()
-    bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not progress,
+    # disable=None: tqdm draws only on a terminal; a log file or pipe (nohup, ray job logs)
+    # gets the per-epoch lines without carriage-return redraws between them
+    bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=None if progress else True,
                mininterval=2.0)
     for b in bar:
         # Partners are looked up by global sample index in partner_table.
