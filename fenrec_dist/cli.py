@@ -90,6 +90,7 @@ def _finished_no_epoch(run_dir: Path) -> bool:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fenrec_dist.train.checkpoint import atomic_write_text
+    from fenrec_dist.train.runlock import ensure_idle
     from fenrec_dist.train.single import load_run_config
 
     if args.resume:
@@ -98,6 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise ConfigError(f"{run_dir} holds no run (config.yaml missing)")
+        ensure_idle(run_dir)  # before a --set rewrites config.yaml under a running process
         cfg = load_run_config(run_dir)
         changes = apply_resume_overrides(cfg, args.overrides)
         if changes:  # the run directory keeps describing how the run goes on

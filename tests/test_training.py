@@ -642,3 +642,49 @@ def test_progress_bar_is_drawn_on_a_terminal_only(tiny_data, tmp_path, monkeypat
     monkeypatch.undo()
     assert "epoch 0:" in seen["terminal"] and "\r" in seen["terminal"], seen["terminal"][:200]
     assert "epoch 0:" not in seen["pipe"] and "\r" not in seen["pipe"], seen["pipe"][:200]
+
+
+def test_a_run_directory_is_trained_by_one_process_at_a_time(finished_run, tiny_data, tmp_path, capsys):
+    """While a process trains RUN, `fenrec train --resume RUN` exits 2 naming the holder and
+    changes nothing (not even config.yaml with --set); the lock dies with its process (SIGKILL
+    leaves no stale lock), and train_single holds it while it trains."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from fenrec_dist.train.runlock import LOCK_NAME, RunInUseError, run_lock
+
+    run = _copy_run(finished_run, tmp_path / "busy")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom fenrec_dist.train.runlock import run_lock\n"
+         "with run_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(120)\n", str(run)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK_NAME}
+        rc, _, err = _cli(capsys, "train", "--resume", str(run), "--local", "--set", "train.epochs=4")
+        assert rc == 2 and f"{run} is being trained by another process (pid {holder.pid} on " in err, err
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK_NAME} == before
+        with pytest.raises(RunInUseError, match=f"pid {holder.pid}"):
+            train_single(_cfg(tiny_data, train__epochs=3), run, resume=True, log=lambda *_: None)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    seen = []
+    fresh = tmp_path / "fresh"
+
+    def log(line: str) -> None:  # while this process trains, the lock is held
+        if line.startswith("epoch "):
+            with pytest.raises(RunInUseError, match=f"pid {os.getpid()}"):
+                with run_lock(fresh):
+                    pass
+            seen.append(line)
+
+    rc, _, err = _cli(capsys, "train", "--resume", str(run), "--local", "--set", "train.epochs=3")
+    assert rc == 0, err  # the killed holder left no stale lock
+    assert [r["epoch"] for r in read_metrics(run)] == [0, 1, 2]
+    train_single(_cfg(tiny_data, train__epochs=1), fresh, log=log)
+    assert seen
+    with run_lock(fresh):  # released at the end
+        pass

@@ -180,13 +180,18 @@ def finish_run(result: Any, run: RunPaths, cfg: Config) -> dict[str, Any]:
 def run_distributed(cfg: Config, run_dir: str | Path | None = None, address: str | None = None,
                     log=print) -> dict[str, Any]:
     """Fit the TorchTrainer; returns final.json's content (best epoch, valid, test)."""
+    from fenrec_dist.train.runlock import ensure_idle, run_lock
+
+    local_dir, _, _ = resolve_run(cfg, run_dir)
+    ensure_idle(local_dir)  # before prepare_run rewrites config.yaml of a run another process trains
     run = prepare_run(cfg, run_dir)
-    t0 = time.perf_counter()
-    init_ray(cfg, address)
-    t_ray = time.perf_counter() - t0
-    trainer, run = build_trainer(cfg, run)
-    log(f"ray up in {t_ray:.1f}s; training {cfg.distributed.num_workers} worker(s) -> {run.storage}/{run.name}")
-    result = trainer.fit()
-    final = finish_run(result, run, cfg)
+    with run_lock(run.local_dir):  # one training process per run directory
+        t0 = time.perf_counter()
+        init_ray(cfg, address)
+        t_ray = time.perf_counter() - t0
+        trainer, run = build_trainer(cfg, run)
+        log(f"ray up in {t_ray:.1f}s; training {cfg.distributed.num_workers} worker(s) -> {run.storage}/{run.name}")
+        result = trainer.fit()
+        final = finish_run(result, run, cfg)
     log("test  " + " ".join(f"{k}={v:.4f}" for k, v in final["test"].items()) + f"  (best epoch {final['best_epoch']})")
     return final

@@ -25,6 +25,7 @@ from fenrec_dist.train.interrupts import deferred_interrupts
 from fenrec_dist.train.loop import embed, evaluate_sums, make_adam, torch_step, train_epoch
 from fenrec_dist.train.memory import release_free_memory
 from fenrec_dist.train.report import MetricsLog, plot_curves, progress_line, read_metrics
+from fenrec_dist.train.runlock import run_lock
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,6 +85,14 @@ def train_single(cfg: Config, run_dir: Path, resume: bool = False, log=print) ->
                               f"finished epoch(s); cannot resume without it (restore it, or start a new run "
                               f"with another --out)")
     run_dir.mkdir(parents=True, exist_ok=True)  # after the data checks: a bad start leaves no directory
+    with run_lock(run_dir):  # one training process per run directory
+        return _train_locked(cfg, run_dir, resume, data, device, log)
+
+
+def _train_locked(cfg: Config, run_dir: Path, resume: bool, data: PreparedData, device: torch.device,
+                  log=print) -> dict[str, Any]:
+    """``train_single`` from the run directory on, with its lock held."""
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     if not resume:
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     model = build_model(cfg, data, device)
