@@ -44,6 +44,9 @@ def build_engine(model: torch.nn.Module, cfg: Config, device: torch.device):  # 
     """
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        from fenrec_dist.distributed.buildlock import clear_stale_build_lock
+
+        clear_stale_build_lock()  # an interrupted earlier build would make init_distributed wait forever
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")

@@ -23,6 +23,9 @@ def main() -> None:
                  "MASTER_PORT": str(_free_port())}.items():
         os.environ.setdefault(k, v)
     t0 = time.perf_counter()
+    from fenrec_dist.distributed.buildlock import clear_stale_build_lock
+
+    clear_stale_build_lock()
     import deepspeed
     import torch
 
