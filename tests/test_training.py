@@ -688,3 +688,42 @@ def test_a_run_directory_is_trained_by_one_process_at_a_time(finished_run, tiny_
     assert seen
     with run_lock(fresh):  # released at the end
         pass
+
+
+def test_evaluate_reads_a_distributed_runs_newest_ray_train_checkpoint(finished_run, tiny_data, tmp_path, capsys):
+    """A Ray Train run keeps no checkpoints/best.pt: its best weights are best_model.pt of each
+    checkpoint_* directory, its best epoch in client_state.pt. `fenrec evaluate` scores those
+    of the directory that ran the most epochs (here built from a one-process run's best.pt, so
+    the scores must equal that run's)."""
+    import shutil
+
+    import torch
+
+    from fenrec_dist.train.checkpoint import load_state, save_state
+
+    ref = json.loads((finished_run / "final.json").read_text())
+    run = _copy_run(finished_run, tmp_path / "dist")
+    best = load_state(run / "checkpoints" / "best.pt")
+    shutil.rmtree(run / "checkpoints")
+    (run / "final.json").unlink()
+    stopping = {"patience": 10, "best": 0.5, "best_epoch": best["epoch"], "bad_epochs": 0}
+    newer, older = run / "checkpoint_2026-01-01_00-00-02.000000", run / "checkpoint_2026-01-01_00-00-09.000000"
+    save_state(newer / "client_state.pt", {"epoch": 2, "early_stopping": stopping})
+    save_state(newer / "best_model.pt", best["model"])
+    # an older checkpoint (fewer epochs, a later name) with other weights must not be used
+    save_state(older / "client_state.pt", {"epoch": 1, "early_stopping": {**stopping, "best_epoch": 0}})
+    save_state(older / "best_model.pt", {k: torch.zeros_like(v) for k, v in best["model"].items()})
+    rc, out, err = _cli(capsys, "evaluate", str(run))
+    assert rc == 0, err
+    final = json.loads((run / "final.json").read_text())
+    assert final["best_epoch"] == ref["best_epoch"] and final["epochs_run"] == 2 and final["checkpoint"] == str(newer)
+    assert final["valid"] == ref["valid"] and final["test"] == ref["test"]
+    cfg_text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(cfg_text.replace("hidden: 16", "hidden: 32"))  # not the trained model
+    rc, _, err = _cli(capsys, "evaluate", str(run))
+    assert rc == 2 and "the best checkpoint does not fit the model of config.yaml" in err and "Traceback" not in err, err
+    (run / "config.yaml").write_text(cfg_text)
+    shutil.rmtree(newer)
+    shutil.rmtree(older)  # no checkpoint at all: the message names the run's best.pt
+    rc, _, err = _cli(capsys, "evaluate", str(run))
+    assert rc == 2 and "checkpoints/best.pt: no best checkpoint yet" in err, err

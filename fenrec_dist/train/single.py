@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fenrec_dist.config import Config, ConfigError, dump_yaml, load_config
+from fenrec_dist.data.errors import first_line
 from fenrec_dist.data.dataset import PreparedData, load_prepared
 from fenrec_dist.intents import IntentClusters
 from fenrec_dist.losses.fenrec import FENRecLoss
@@ -208,17 +209,52 @@ def negatives_record(summary: dict[str, Any] | None, train_stats: dict[str, floa
     return out
 
 
-def finish(run_dir: Path, cfg: Config, data: PreparedData, device: torch.device, log=print) -> dict[str, Any]:
-    """Score the best checkpoint on validation and test; write final.json."""
-    model = build_model(cfg, data, device)
+def newest_train_checkpoint(run_dir: Path) -> Path | None:
+    """The Ray Train ``checkpoint_*`` directory of a distributed run that has run the most
+    epochs (ties: the later name), or None when the run directory holds none."""
+    found = []
+    for d in sorted(Path(run_dir).glob("checkpoint_*")):
+        if (d / "client_state.pt").is_file() and (d / "best_model.pt").is_file():
+            client = load_state(d / "client_state.pt", keys=("epoch", "early_stopping"))
+            found.append((int(client["epoch"]), d.name, d))
+    return max(found)[2] if found else None
+
+
+def best_weights(run_dir: Path, cfg: Config, device: torch.device) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    """(model state, best epoch, extra final.json fields) of a run's best checkpoint.
+
+    A one-process run keeps it in checkpoints/best.pt; a distributed run (Ray Train) in
+    ``best_model.pt`` of its newest ``checkpoint_*`` directory, whose ``client_state.pt``
+    holds the early-stopping state (best epoch) and the epochs run.
+    """
     best = run_dir / "checkpoints" / "best.pt"
-    if not best.exists():
-        raise CheckpointError(f"{best}: no best checkpoint yet (the run finished no epoch)")
-    st = load_state(best, map_location=device, keys=("model", "epoch"))
-    model.load_state_dict(st["model"])
+    if best.exists():
+        st = load_state(best, map_location=device, keys=("model", "epoch"))
+        return st["model"], int(st["epoch"]), {}
+    ckpt = newest_train_checkpoint(run_dir)
+    if ckpt is not None:
+        client = load_state(ckpt / "client_state.pt", keys=("epoch", "early_stopping"))
+        return (load_state(ckpt / "best_model.pt", map_location=device), int(client["early_stopping"]["best_epoch"]),
+                {"epochs_run": int(client["epoch"]), "checkpoint": str(ckpt)})
+    hint = ""
+    if cfg.distributed.storage_path and "://" in cfg.distributed.storage_path:
+        hint = (f"; a distributed run keeps its checkpoint_* directories in distributed.storage_path="
+                f"{cfg.distributed.storage_path}: copy the newest one into {run_dir}")
+    raise CheckpointError(f"{best}: no best checkpoint yet (the run finished no epoch){hint}")
+
+
+def finish(run_dir: Path, cfg: Config, data: PreparedData, device: torch.device, log=print) -> dict[str, Any]:
+    """Score the best checkpoint (``best_weights``) on validation and test; write final.json."""
+    model = build_model(cfg, data, device)
+    weights, best_epoch, extra = best_weights(run_dir, cfg, device)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:  # another model's weights (the config was changed after training)
+        raise CheckpointError(f"{run_dir}: the best checkpoint does not fit the model of config.yaml: "
+                              f"{first_line(str(exc))}") from exc
     valid = evaluate_split(model, data, cfg, "valid", device)
     test = evaluate_split(model, data, cfg, "test", device)
-    final = {"best_epoch": int(st["epoch"]), "valid": valid, "test": test}
+    final = {"best_epoch": best_epoch, "valid": valid, "test": test, **extra}
     atomic_write_json(run_dir / "final.json", final)
     log("test  " + " ".join(f"{k}={v:.4f}" for k, v in test.items()) + f"  (best epoch {final['best_epoch']})")
     return final
