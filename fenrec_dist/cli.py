@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -234,11 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_reporting_errors(prog: str, fn: Callable[[], int]) -> int:
-    """Run ``fn``; a ConfigError or DataError becomes one clear line on stderr and exit 2."""
+    """Run ``fn``; a ConfigError or DataError becomes one clear line on stderr and exit 2.
+
+    A reader that closes the pipe early (``fenrec config | head``) ends the command quietly
+    with exit 141, as a shell tool killed by SIGPIPE does, instead of a traceback.
+    """
     from fenrec_dist.data.errors import DataError
 
     try:
         return int(fn() or 0)
+    except BrokenPipeError:
+        # stdout is gone: point it at /dev/null so the interpreter's final flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except ConfigError as exc:
         print(f"{prog}: config error: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from fenrec_dist.cli import main
 
@@ -145,3 +147,18 @@ def test_evaluate_rescores_the_best_checkpoint(tiny_data, tmp_path, capsys, monk
             exclude[u, :len(row)] = row
         ranks = scores_ranks(z.double() @ w.double().T, targets, exclude)
         assert finalize(rank_metrics(ranks, cfg.eval.ks)) == out[split], split
+
+
+@pytest.mark.parametrize("argv", [["config"], ["config", "--set", "train.batch_size=0"]])
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(argv):
+    """`fenrec config | head -1`: the reader goes away; exit 141 (as after SIGPIPE), no traceback
+    and no 'Exception ignored' noise; errors still exit 2 with their one line."""
+    proc = subprocess.Popen([sys.executable, "-m", "fenrec_dist.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the command writes anything
+    err = proc.stderr.read()
+    rc = proc.wait()
+    if argv[-1].endswith("=0"):
+        assert rc == 2 and "train.batch_size: must be >= 1, got 0" in err, err
+    else:
+        assert rc == 141 and err == "", err
