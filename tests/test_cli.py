@@ -162,3 +162,39 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(argv):
         assert rc == 2 and "train.batch_size: must be >= 1, got 0" in err, err
     else:
         assert rc == 141 and err == "", err
+
+
+def test_gpu_requests_this_machine_cannot_meet_exit_2_before_anything_starts(tiny_data, tmp_path, capsys, monkeypatch):
+    """train.device=cuda without CUDA, and distributed.use_gpu=true with more workers than the
+    machine's GPUs on an embedded Ray (which would wait for them forever): one line, exit 2,
+    no run or sweep directory, Ray not started. Joining a cluster is not checked (its
+    autoscaler may add GPU nodes)."""
+    import ray
+    import torch
+
+    from conftest import tiny_overrides
+    from fenrec_dist.config import load_config
+    from fenrec_dist.distributed.driver import check_embedded_gpus
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray.shutdown()
+    sets = [a for kv in tiny_overrides(tiny_data, train__epochs=1) for a in ("--set", kv)]
+    rc = main(["train", "--local", "--out", str(tmp_path / "cuda"), *sets, "--set", "train.device=cuda"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "train.device: cuda, but torch" in err and "sees no CUDA device" in err, err
+    assert not (tmp_path / "cuda").exists()
+    rc = main(["train", "--out", str(tmp_path / "gpu"), *sets, "--set", "distributed.use_gpu=true"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "distributed.use_gpu: true asks for 2 GPU(s)" in err and "this machine has 0" in err, err
+    assert not (tmp_path / "gpu").exists() and not ray.is_initialized()
+    rc = main(["tune", "--space", str(ROOT / "tune_spaces" / "quick.yaml"), *sets, "--set", "distributed.use_gpu=true",
+               "--out", str(tmp_path / "sweep")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "distributed.use_gpu: true asks for" in err, err
+    assert not (tmp_path / "sweep").exists() and not ray.is_initialized()
+    cfg = load_config(None, tiny_overrides(tiny_data, distributed__use_gpu=True))
+    check_embedded_gpus(cfg, address="ray://head:10001")  # a cluster: not checked
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    check_embedded_gpus(cfg)  # 2 workers, 2 GPUs

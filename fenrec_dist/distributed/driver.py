@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from fenrec_dist.config import Config, dump_yaml, to_dict
+from fenrec_dist.config import Config, ConfigError, dump_yaml, to_dict
 from fenrec_dist.train.checkpoint import atomic_write_json, atomic_write_text
 from fenrec_dist.train.report import MetricsLog, plot_curves, progress_line
 
@@ -54,6 +54,28 @@ def init_ray(cfg: Config, address: str | None = None, num_cpus: int | None = Non
             runtime_env["env_vars"].setdefault("DS_ACCELERATOR", "cpu")
         ray.init(address="local", num_cpus=num_cpus or local_num_cpus(cfg), object_store_memory=256 * 1024 * 1024,
                  runtime_env=runtime_env, log_to_driver=True)
+
+
+def check_embedded_gpus(cfg: Config, address: str | None = None, workers: int | None = None) -> None:
+    """An embedded Ray has this machine's GPUs only: a run whose workers ask for more would wait
+    for them forever, so it is a ConfigError before anything starts. Nothing is checked when a
+    cluster is joined (its autoscaler may add GPU nodes) or Ray is already up.
+
+    ``workers``: GPUs needed at once (default ``distributed.num_workers``; a sweep passes one trial's).
+    """
+    import ray
+
+    if not cfg.distributed.use_gpu or address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        return
+    import torch
+
+    need = cfg.distributed.num_workers if workers is None else workers
+    have = torch.cuda.device_count()
+    if have < need:
+        raise ConfigError(f"distributed.use_gpu: true asks for {need} GPU(s) (one per worker, distributed.num_workers="
+                          f"{cfg.distributed.num_workers}), but this machine has {have}, and the embedded Ray would "
+                          f"wait for them forever; set distributed.use_gpu=false, lower distributed.num_workers, or "
+                          f"join a cluster with GPUs (--address)")
 
 
 def train_files(data_path: str) -> list[str]:
@@ -182,6 +204,7 @@ def run_distributed(cfg: Config, run_dir: str | Path | None = None, address: str
     """Fit the TorchTrainer; returns final.json's content (best epoch, valid, test)."""
     from fenrec_dist.train.runlock import ensure_idle, run_lock
 
+    check_embedded_gpus(cfg, address)
     local_dir, _, _ = resolve_run(cfg, run_dir)
     ensure_idle(local_dir)  # before prepare_run rewrites config.yaml of a run another process trains
     run = prepare_run(cfg, run_dir)

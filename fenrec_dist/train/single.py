@@ -33,7 +33,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but CUDA is not available")
+        raise ConfigError(f"train.device: cuda, but torch {torch.__version__} sees no CUDA device here; "
+                          f"use auto (CUDA when present) or cpu")
     return torch.device(name)
 
 

@@ -158,11 +158,12 @@ def run_sweep(config_path: str | None = None, space_path: str | None = None, ove
     import ray
     from ray import tune
 
-    from fenrec_dist.distributed.driver import init_ray
+    from fenrec_dist.distributed.driver import check_embedded_gpus, init_ray
     from fenrec_dist.tune.results import (prune_unregistered_checkpoints, row_from_history, to_markdown,
                                           write_results)
 
     sweep_dir, space, base, resuming = plan_sweep(config_path, space_path, overrides or [], out, trials, resume)
+    check_embedded_gpus(base, address)  # before the sweep directory exists
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if not resuming:
         atomic_write_json(sweep_dir / SWEEP_FILE, {**_state(space, base), "created": time.strftime("%Y-%m-%d %H:%M:%S")})
