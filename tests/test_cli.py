@@ -98,6 +98,32 @@ def test_worker_setup_quiets_the_noisy_library_loggers():
     assert ctx.logger.level == logging.WARNING
 
 
+def test_embedded_ray_also_quiets_the_autoscaler_request_warning(monkeypatch):
+    """An embedded Ray has no autoscaler: its workers' hook also silences Ray Train's "failed to
+    send resource request" warning (a traceback in `make demo` on a busy machine); a joined
+    cluster keeps it."""
+    import logging
+
+    import ray
+
+    import ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client as acc
+    from fenrec_dist.config import load_config
+    from fenrec_dist.distributed import worker_setup
+    from fenrec_dist.distributed.driver import init_ray
+
+    seen = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.append(kw["runtime_env"]["worker_process_setup_hook"]))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    init_ray(load_config(None))
+    init_ray(load_config(None), address="ray://head:10001")
+    assert seen == ["fenrec_dist.distributed.worker_setup.quiet_local_worker_logs",
+                    "fenrec_dist.distributed.worker_setup.quiet_worker_logs"]
+    worker_setup.quiet_local_worker_logs()
+    assert acc.logger.name in worker_setup.LOCAL_ONLY_QUIET_LOGGERS and acc.logger.level == logging.ERROR
+    assert logging.getLogger("ray.data").level == logging.WARNING
+
+
 def test_evaluate_rescores_the_best_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
     """`fenrec evaluate RUN_DIR` scores best.pt again (not last.pt, not final.json): its test
     metrics are final.json's, and those of an independent full ranking with best.pt's weights."""

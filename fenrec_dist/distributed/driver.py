@@ -52,6 +52,7 @@ def init_ray(cfg: Config, address: str | None = None, num_cpus: int | None = Non
     else:
         if not cfg.distributed.use_gpu:
             runtime_env["env_vars"].setdefault("DS_ACCELERATOR", "cpu")
+        runtime_env["worker_process_setup_hook"] = "fenrec_dist.distributed.worker_setup.quiet_local_worker_logs"
         ray.init(address="local", num_cpus=num_cpus or local_num_cpus(cfg), object_store_memory=256 * 1024 * 1024,
                  runtime_env=runtime_env, log_to_driver=True)
 

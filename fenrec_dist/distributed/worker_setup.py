@@ -29,3 +29,19 @@ def quiet_worker_logs() -> None:
             continue
         if spec is not None and spec.origin:
             logging.getLogger(spec.origin).setLevel(logging.WARNING)
+
+
+# Embedded local Ray only (it has no autoscaler): Ray Train 2.60's controller still registers
+# its resource request with the autoscaling coordinator actor, and when that actor is slow to
+# answer on a busy machine (a 5 s timeout) it logs a warning with a full traceback that calls
+# itself "safe to ignore". On a cluster it stays visible: there a persistent failure means the
+# autoscaler never hears of the run.
+LOCAL_ONLY_QUIET_LOGGERS = ("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client",)
+
+
+def quiet_local_worker_logs() -> None:
+    """``quiet_worker_logs``, plus the autoscaler-request warning that means nothing without an
+    autoscaler (errors still show)."""
+    quiet_worker_logs()
+    for name in LOCAL_ONLY_QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
