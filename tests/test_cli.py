@@ -120,8 +120,32 @@ def test_embedded_ray_also_quiets_the_autoscaler_request_warning(monkeypatch):
     assert seen == ["fenrec_dist.distributed.worker_setup.quiet_local_worker_logs",
                     "fenrec_dist.distributed.worker_setup.quiet_worker_logs"]
     worker_setup.quiet_local_worker_logs()
-    assert acc.logger.name in worker_setup.LOCAL_ONLY_QUIET_LOGGERS and acc.logger.level == logging.ERROR
+    worker_setup.quiet_local_worker_logs()  # twice: one filter
+    assert acc.logger.name in worker_setup.LOCAL_ONLY_QUIET_LOGGERS
     assert logging.getLogger("ray.data").level == logging.WARNING
+    # Ray Train's controller runs logging.config.dictConfig after the hook: levels of existing
+    # ray.train loggers are reset, filters are kept
+    import logging.config
+
+    train_logger = logging.getLogger("ray.train")
+    level = train_logger.level
+    logging.config.dictConfig({"version": 1, "disable_existing_loggers": False,
+                               "loggers": {"ray.train": {"level": "INFO"}}})
+    train_logger.setLevel(level)  # (the rest of the session keeps its level)
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.levelname)
+
+    handler = Keep()
+    acc.logger.addHandler(handler)
+    try:
+        acc.logger.warning("Failed to send resource request")
+        acc.logger.error("a real error")
+    finally:
+        acc.logger.removeHandler(handler)
+    assert records == ["ERROR"]
 
 
 def test_evaluate_rescores_the_best_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):

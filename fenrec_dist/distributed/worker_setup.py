@@ -39,9 +39,17 @@ def quiet_worker_logs() -> None:
 LOCAL_ONLY_QUIET_LOGGERS = ("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client",)
 
 
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
 def quiet_local_worker_logs() -> None:
     """``quiet_worker_logs``, plus the autoscaler-request warning that means nothing without an
-    autoscaler (errors still show)."""
+    autoscaler (errors still show). A filter, not a level: Ray Train's controller configures
+    its loggers with ``logging.config.dictConfig`` after this hook, which resets the levels of
+    existing ``ray.train`` loggers but keeps their filters."""
     quiet_worker_logs()
     for name in LOCAL_ONLY_QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logger = logging.getLogger(name)
+        if _errors_only not in logger.filters:
+            logger.addFilter(_errors_only)
