@@ -89,6 +89,20 @@ def _finished_no_epoch(run_dir: Path) -> bool:
     return not (ckpt.exists() and any(ckpt.iterdir()))
 
 
+def _check_resume_kind(run_dir: Path, local: bool) -> None:
+    """A run resumes the way it was trained: a one-process run (checkpoints/last.pt) with
+    --local, a Ray Train run (checkpoint_* directories) without. The other way round would
+    start again from epoch 0 and overwrite the run's metrics.jsonl."""
+    one_process = (run_dir / "checkpoints" / "last.pt").exists()
+    ray_train = any(d.is_dir() for d in run_dir.glob("checkpoint_*"))
+    if one_process and not local:
+        raise ConfigError(f"{run_dir} was trained in one process (checkpoints/last.pt): resume it with --local "
+                          f"(Ray Train workers would start it again from epoch 0)")
+    if ray_train and local:
+        raise ConfigError(f"{run_dir} was trained by Ray Train workers (its checkpoint_* directories): resume it "
+                          f"without --local")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from fenrec_dist.train.checkpoint import atomic_write_text
     from fenrec_dist.train.runlock import ensure_idle
@@ -101,6 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").exists():
             raise ConfigError(f"{run_dir} holds no run (config.yaml missing)")
         ensure_idle(run_dir)  # before a --set rewrites config.yaml under a running process
+        _check_resume_kind(run_dir, args.local)
         cfg = load_run_config(run_dir)
         changes = apply_resume_overrides(cfg, args.overrides)
         if changes:  # the run directory keeps describing how the run goes on

@@ -727,3 +727,24 @@ def test_evaluate_reads_a_distributed_runs_newest_ray_train_checkpoint(finished_
     shutil.rmtree(older)  # no checkpoint at all: the message names the run's best.pt
     rc, _, err = _cli(capsys, "evaluate", str(run))
     assert rc == 2 and "checkpoints/best.pt: no best checkpoint yet" in err, err
+
+
+def test_a_run_resumes_the_way_it_was_trained(finished_run, tmp_path, capsys):
+    """Resuming a one-process run without --local would start Ray Train workers at epoch 0 and
+    overwrite its metrics.jsonl; a Ray Train run with --local finds no checkpoints/last.pt.
+    Both exit 2 with the way to resume, changing nothing."""
+    from fenrec_dist.train.checkpoint import save_state
+
+    run = _copy_run(finished_run, tmp_path / "local")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    rc, _, err = _cli(capsys, "train", "--resume", str(run), "--set", "train.epochs=4")
+    assert rc == 2 and "was trained in one process (checkpoints/last.pt): resume it with --local" in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    (dist / "config.yaml").write_text((run / "config.yaml").read_text())
+    (dist / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text())
+    save_state(dist / "checkpoint_2026-01-01_00-00-00.000000" / "client_state.pt", {"epoch": 2})
+    rc, _, err = _cli(capsys, "train", "--resume", str(dist), "--local")
+    assert rc == 2 and "was trained by Ray Train workers (its checkpoint_* directories): resume it without --local" in err, err
+    assert (dist / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()
