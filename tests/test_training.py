@@ -720,8 +720,10 @@ def test_evaluate_reads_a_distributed_runs_newest_ray_train_checkpoint(finished_
     assert final["valid"] == ref["valid"] and final["test"] == ref["test"]
     cfg_text = (run / "config.yaml").read_text()
     (run / "config.yaml").write_text(cfg_text.replace("hidden: 16", "hidden: 32"))  # not the trained model
+    written = (run / "final.json").read_text()
     rc, _, err = _cli(capsys, "evaluate", str(run))
     assert rc == 2 and "the best checkpoint does not fit the model of config.yaml" in err and "Traceback" not in err, err
+    assert (run / "final.json").read_text() == written  # the failed evaluate wrote nothing
     (run / "config.yaml").write_text(cfg_text)
     shutil.rmtree(newer)
     shutil.rmtree(older)  # no checkpoint at all: the message names the run's best.pt

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from fenrec_dist.config import Config, ConfigError, dump_yaml, to_dict
 from fenrec_dist.train.checkpoint import atomic_write_json, atomic_write_text
-from fenrec_dist.train.report import MetricsLog, plot_curves, progress_line
+from fenrec_dist.train.report import MetricsLog, drop_final, plot_curves, progress_line
 
 
 def worker_env() -> dict[str, str]:
@@ -57,12 +57,11 @@ def init_ray(cfg: Config, address: str | None = None, num_cpus: int | None = Non
                  runtime_env=runtime_env, log_to_driver=True)
 
 
-def check_embedded_gpus(cfg: Config, address: str | None = None, workers: int | None = None) -> None:
+def check_embedded_gpus(cfg: Config, address: str | None = None) -> None:
     """An embedded Ray has this machine's GPUs only: a run whose workers ask for more would wait
     for them forever, so it is a ConfigError before anything starts. Nothing is checked when a
-    cluster is joined (its autoscaler may add GPU nodes) or Ray is already up.
-
-    ``workers``: GPUs needed at once (default ``distributed.num_workers``; a sweep passes one trial's).
+    cluster is joined (its autoscaler may add GPU nodes) or Ray is already up. One run (or one
+    sweep trial) needs ``distributed.num_workers`` GPUs at once.
     """
     import ray
 
@@ -70,7 +69,7 @@ def check_embedded_gpus(cfg: Config, address: str | None = None, workers: int | 
         return
     import torch
 
-    need = cfg.distributed.num_workers if workers is None else workers
+    need = cfg.distributed.num_workers
     have = torch.cuda.device_count()
     if have < need:
         raise ConfigError(f"distributed.use_gpu: true asks for {need} GPU(s) (one per worker, distributed.num_workers="
@@ -117,11 +116,7 @@ def make_callback(run_dir: Path, cfg: Config):  # type: ignore[no-untyped-def]
             if self.log is None:
                 self.log = MetricsLog(run_dir)
                 self.log.truncate(int(rec["epoch"]))
-                stale = run_dir / "final.json"  # a resumed finished run trains on: best.pt may change
-                if stale.exists():
-                    stale.unlink()
-                    print(f"resume: removed {stale} of the earlier finish; it is written again when the run ends",
-                          flush=True)
+                drop_final(run_dir, log=lambda line: print(line, flush=True))  # a resumed finished run trains on
             self.log.write(rec)
             print(progress_line(rec, cfg.train.epochs, cfg.eval.metric, cfg.train.patience), flush=True)
 
@@ -138,10 +133,13 @@ class RunPaths:
 
 
 def prepare_run(cfg: Config, run_dir: str | Path | None = None) -> RunPaths:
-    """Resolve the run's paths, make ``data.path`` absolute and write the resolved config.yaml."""
+    """Resolve the run's paths, make ``data.path`` absolute and write the resolved config.yaml
+    (never under a process that trains the directory now: ``RunInUseError``)."""
     from fenrec_dist.data.dataset import read_manifest
+    from fenrec_dist.train.runlock import ensure_idle
 
     local_dir, name, storage = resolve_run(cfg, run_dir)
+    ensure_idle(local_dir)
     read_manifest(cfg.data.path)  # a DataError naming the file before the run directory exists
     cfg.data.path = str(Path(cfg.data.path).resolve())
     local_dir.mkdir(parents=True, exist_ok=True)
@@ -203,11 +201,9 @@ def finish_run(result: Any, run: RunPaths, cfg: Config) -> dict[str, Any]:
 def run_distributed(cfg: Config, run_dir: str | Path | None = None, address: str | None = None,
                     log=print) -> dict[str, Any]:
     """Fit the TorchTrainer; returns final.json's content (best epoch, valid, test)."""
-    from fenrec_dist.train.runlock import ensure_idle, run_lock
+    from fenrec_dist.train.runlock import run_lock
 
     check_embedded_gpus(cfg, address)
-    local_dir, _, _ = resolve_run(cfg, run_dir)
-    ensure_idle(local_dir)  # before prepare_run rewrites config.yaml of a run another process trains
     run = prepare_run(cfg, run_dir)
     with run_lock(run.local_dir):  # one training process per run directory
         t0 = time.perf_counter()

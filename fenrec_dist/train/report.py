@@ -95,6 +95,15 @@ class MetricsLog:
             self._tb.close()
 
 
+def drop_final(run_dir: Path, log=print) -> None:
+    """Remove the final.json of an earlier finish of a run that trains on (its best checkpoint
+    may change); the run's end writes it again, and ``fenrec evaluate`` rebuilds it any time."""
+    final = Path(run_dir) / "final.json"
+    if final.exists():
+        final.unlink()
+        log(f"resume: removed {final} of the earlier finish; it is written again when the run ends")
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     p = Path(run_dir) / "metrics.jsonl"
     if not p.exists():

@@ -25,7 +25,7 @@ from fenrec_dist.train.early_stopping import EarlyStopping
 from fenrec_dist.train.interrupts import deferred_interrupts
 from fenrec_dist.train.loop import embed, evaluate_sums, make_adam, torch_step, train_epoch
 from fenrec_dist.train.memory import release_free_memory
-from fenrec_dist.train.report import MetricsLog, plot_curves, progress_line, read_metrics
+from fenrec_dist.train.report import MetricsLog, drop_final, plot_curves, progress_line, read_metrics
 from fenrec_dist.train.runlock import run_lock
 
 
@@ -113,7 +113,8 @@ def _train_locked(cfg: Config, run_dir: Path, resume: bool, data: PreparedData, 
         set_rng_state(st["rng"])
         log(f"resumed {run_dir} after epoch {start_epoch - 1} (best {cfg.eval.metric}={stopper.best:.4f}@{stopper.best_epoch})")
     log_file.truncate(start_epoch)
-    drop_stale_final(run_dir, cfg, start_epoch, stopper, log)
+    if start_epoch < cfg.train.epochs and not stopper.should_stop:  # this start trains more epochs
+        drop_final(run_dir, log)
 
     loss_fn = FENRecLoss(cfg.loss, cfg.negatives)
     partners = PartnerIndex.build(data.train.target, data.num_items)
@@ -182,19 +183,6 @@ def _train_locked(cfg: Config, run_dir: Path, resume: bool, data: PreparedData, 
     return finish(run_dir, cfg, data, device, log)
 
 
-def drop_stale_final(run_dir: Path, cfg: Config, start_epoch: int, stopper: EarlyStopping, log=print) -> None:
-    """Remove the final.json of an earlier finish when this start trains more epochs.
-
-    A finished run resumed with a larger ``train.epochs`` (or patience) trains on, and its
-    best.pt may change; the old final.json would then describe a checkpoint that is gone.
-    It is written again when the run ends, and ``fenrec evaluate`` rebuilds it any time.
-    """
-    final = run_dir / "final.json"
-    if final.exists() and start_epoch < cfg.train.epochs and not stopper.should_stop:
-        final.unlink()
-        log(f"resume: removed {final} of the earlier finish; it is written again when the run ends")
-
-
 def time_is_up(cfg: Config, t_start: float) -> bool:
     """``train.time_limit_min`` has passed since training started (0 = never)."""
     return cfg.train.time_limit_min > 0 and time.perf_counter() - t_start >= 60.0 * cfg.train.time_limit_min
@@ -210,15 +198,19 @@ def negatives_record(summary: dict[str, Any] | None, train_stats: dict[str, floa
     return out
 
 
-def newest_train_checkpoint(run_dir: Path) -> Path | None:
-    """The Ray Train ``checkpoint_*`` directory of a distributed run that has run the most
-    epochs (ties: the later name), or None when the run directory holds none."""
+def newest_train_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(directory, its client_state.pt) of the Ray Train ``checkpoint_*`` directory of a
+    distributed run that has run the most epochs (ties: the later name), or None when the run
+    directory holds none."""
     found = []
     for d in sorted(Path(run_dir).glob("checkpoint_*")):
         if (d / "client_state.pt").is_file() and (d / "best_model.pt").is_file():
             client = load_state(d / "client_state.pt", keys=("epoch", "early_stopping"))
-            found.append((int(client["epoch"]), d.name, d))
-    return max(found)[2] if found else None
+            found.append((int(client["epoch"]), d.name, d, client))
+    if not found:
+        return None
+    newest = max(found, key=lambda f: f[:2])
+    return newest[2], newest[3]
 
 
 def best_weights(run_dir: Path, cfg: Config, device: torch.device) -> tuple[dict[str, Any], int, dict[str, Any]]:
@@ -232,9 +224,9 @@ def best_weights(run_dir: Path, cfg: Config, device: torch.device) -> tuple[dict
     if best.exists():
         st = load_state(best, map_location=device, keys=("model", "epoch"))
         return st["model"], int(st["epoch"]), {}
-    ckpt = newest_train_checkpoint(run_dir)
-    if ckpt is not None:
-        client = load_state(ckpt / "client_state.pt", keys=("epoch", "early_stopping"))
+    newest = newest_train_checkpoint(run_dir)
+    if newest is not None:
+        ckpt, client = newest
         return (load_state(ckpt / "best_model.pt", map_location=device), int(client["early_stopping"]["best_epoch"]),
                 {"epochs_run": int(client["epoch"]), "checkpoint": str(ckpt)})
     hint = ""
@@ -252,7 +244,7 @@ def finish(run_dir: Path, cfg: Config, data: PreparedData, device: torch.device,
         model.load_state_dict(weights)
     except RuntimeError as exc:  # another model's weights (the config was changed after training)
         raise CheckpointError(f"{run_dir}: the best checkpoint does not fit the model of config.yaml: "
-                              f"{first_line(str(exc))}") from exc
+                              f"{first_line(exc)}") from exc
     valid = evaluate_split(model, data, cfg, "valid", device)
     test = evaluate_split(model, data, cfg, "test", device)
     final = {"best_epoch": best_epoch, "valid": valid, "test": test, **extra}
