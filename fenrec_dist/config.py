@@ -237,10 +237,6 @@ class TrainConfig:
     length_bucket_batches: int = _f(64, "Batches per length-sorting window of the shuffled epoch (length_grouping).",
                                     ge(1))
     threads: int = _f(0, "torch intra-op threads; 0 keeps torch's default.", ge(0))
-    cpu_bf16: bool = _f(False, "CPU mixed precision: the encoder under bf16 autocast and the soft-label loss's "
-                               "catalogue products with bf16 operands (float32 accumulation); weights, optimizer, "
-                               "losses, clustering and evaluation stay float32. Pays on CPUs with native bf16 "
-                               "(AVX512-BF16, AMX): bench/bench_cpu_bf16.py. GPUs use deepspeed.bf16.")
     trim_every: int = _f(0, "Return freed heap pages to the OS (glibc malloc_trim) every N steps (0 = off); "
                              "the heap is always trimmed between phases. See train/memory.py.", ge(0))
     trim_growth_mib: float = _f(512.0, "Trim when the resident size grew by this many MiB since the last trim "

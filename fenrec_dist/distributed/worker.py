@@ -34,7 +34,6 @@ from fenrec_dist.train.checkpoint import load_state, rng_state, save_state, set_
 from fenrec_dist.train.early_stopping import EarlyStopping
 from fenrec_dist.train.loop import embed, evaluate_sums, make_adam, torch_step, train_epoch
 from fenrec_dist.train.memory import release_free_memory
-from fenrec_dist.train.precision import bf16_note, cpu_step_precision
 from fenrec_dist.train.single import negatives_record, time_is_up
 
 STATE_TAG = "state"
@@ -233,11 +232,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             print(f"[fenrec] resumed after epoch {start_epoch - 1} (best {cfg.eval.metric}={stopper.best:.4f}"
                   f"@{stopper.best_epoch})", flush=True)
 
-    precision = cpu_step_precision(cfg, device)
-    if rank == 0 and (note := bf16_note(cfg, device)) is not None:
-        print(f"[fenrec] {note}", flush=True)
-    loss_fn = FENRecLoss(cfg.loss, cfg.negatives, comm=C.ProcessGroupComm(max_rows=cfg.train.batch_size),
-                         catalogue_dtype=precision.catalogue_dtype)
+    loss_fn = FENRecLoss(cfg.loss, cfg.negatives, comm=C.ProcessGroupComm(max_rows=cfg.train.batch_size))
     partners = PartnerIndex.build(data.train.target, data.num_items)
 
     def report(metrics: dict[str, Any], next_epoch: int) -> None:
@@ -286,7 +281,6 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         epoch_step = step if hook is None else _before(hook, step)
         res = train_epoch(net, encoder, epoch_step, local, partners, data.train, batches, loss_fn, epoch, intents,
                           cfg.train.seed, device, rank=rank, progress=False, num_batches=len(batches), index=index,
-                          autocast=precision.autocast,
                           trim_every=cfg.train.trim_every,
                           trim_growth_mib=cfg.train.trim_growth_mib)
         release_free_memory()

@@ -82,10 +82,8 @@ class FENRecLoss:
             gradients over processes, so the contrastive part of ``objective`` is scaled by W.
     """
 
-    def __init__(self, loss_cfg: LossConfig, neg_cfg: NegativesConfig, comm: BatchComm | None = None,
-                 catalogue_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, loss_cfg: LossConfig, neg_cfg: NegativesConfig, comm: BatchComm | None = None) -> None:
         self.loss_cfg = loss_cfg
-        self.catalogue_dtype = catalogue_dtype
         self.neg_cfg = neg_cfg
         self.comm = comm
         self.world_size = 1 if comm is None else comm.world_size
@@ -127,8 +125,7 @@ class FENRecLoss:
             index: the epoch's refreshed negative index, or None.
         """
         cfg = self.loss_cfg
-        rec = soft_label_loss_from_reprs(z1, item_weights, future, future_len, cfg.gamma, cfg.soft_labels,
-                                         self.catalogue_dtype)
+        rec = soft_label_loss_from_reprs(z1, item_weights, future, future_len, cfg.gamma, cfg.soft_labels)
         zero = rec.new_zeros(())
         coarse = fine = zero
         if cfg.lambda_coarse <= 0 and (cfg.beta_fine <= 0 or intents is None):

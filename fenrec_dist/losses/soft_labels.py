@@ -67,14 +67,8 @@ class _SoftLabelCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, weights, future, label, matmul_dtype):  # type: ignore[no-untyped-def]
-        low = matmul_dtype != torch.float32
-        if low:
-            # bf16 operands, fp32 accumulation (oneDNN), the [B, I + 1] logits rounded to bf16 and
-            # widened back: from here on everything is float32 as in the plain path
-            logits = score_items(z.to(matmul_dtype), weights.to(matmul_dtype)).float()
-        else:
-            logits = score_items(z, weights)  # [B, I + 1]
+    def forward(ctx, z, weights, future, label):  # type: ignore[no-untyped-def]
+        logits = score_items(z, weights)  # [B, I + 1]
         logits[:, 0] = float("-inf")  # padding is not a class
         picked = logits.gather(1, future)  # [B, H + 1]
         top = logits.amax(dim=1)  # [B]
@@ -84,8 +78,7 @@ class _SoftLabelCE(torch.autograd.Function):
         # padded future slots point at column 0 (-inf) with label 0: take them as 0
         logp = torch.where(label > 0, picked - lse[:, None], 0.0)
         ctx.save_for_backward(z, weights, future, label, total)
-        ctx.e = e.to(matmul_dtype) if low else e  # the backward products' operand
-        ctx.matmul_dtype = matmul_dtype
+        ctx.e = e
         return -(label * logp).sum(dim=1).mean()
 
     @staticmethod
@@ -99,16 +92,15 @@ class _SoftLabelCE(torch.autograd.Function):
         scale = grad / z.shape[0]
         row = (scale / total)[:, None]  # [B, 1]: softmax = e / total, times d loss / d logits' scale
         wl = label * scale  # [B, H + 1]
-        low = ctx.matmul_dtype
         gz = gw = None
         if ctx.needs_input_grad[0]:
-            gz = (e @ weights.to(low)).float().mul_(row)
+            gz = (e @ weights).mul_(row)
             gz.sub_(torch.einsum("bk,bkd->bd", wl, weights[future]))
         if ctx.needs_input_grad[1]:
-            gw = (e.t() @ (z * row).to(low)).float()
+            gw = e.t() @ (z * row)
             d = z.shape[1]
             gw.index_add_(0, future.reshape(-1), (wl[:, :, None] * z[:, None, :]).reshape(-1, d), alpha=-1.0)
-        return gz, gw, None, None, None
+        return gz, gw, None, None
 
 
 def soft_label_loss_from_reprs(
@@ -118,7 +110,6 @@ def soft_label_loss_from_reprs(
     future_len: torch.Tensor,
     gamma: float,
     soft: bool = True,
-    matmul_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """``soft_label_loss(z @ item_weights.T, ...)`` computed in one custom autograd node.
 
@@ -129,10 +120,6 @@ def soft_label_loss_from_reprs(
     Args:
         z: float [B, d] representations; item_weights: float [I + 1, d] scoring table.
         future, future_len, gamma, soft: as in ``soft_label_loss``.
-        matmul_dtype: operand dtype of the three catalogue products. ``torch.bfloat16``
-            (``train.cpu_bf16``) rounds z and the table to bf16 for them, accumulates in
-            float32 and rounds each product's result to bf16 (the logits, the two backward
-            [., d] products) before the float32 rest; float32 is the exact path.
 
     Returns:
         scalar loss; gradients flow to ``z`` and ``item_weights``.
@@ -140,4 +127,4 @@ def soft_label_loss_from_reprs(
     z = z.float()
     item_weights = item_weights.float()
     label = soft_label_weights(future_len, future.shape[1], gamma, soft).to(z.dtype)
-    return _SoftLabelCE.apply(z, item_weights, future, label, matmul_dtype)
+    return _SoftLabelCE.apply(z, item_weights, future, label)

@@ -25,7 +25,6 @@ from fenrec_dist.train.early_stopping import EarlyStopping
 from fenrec_dist.train.interrupts import deferred_interrupts
 from fenrec_dist.train.loop import embed, evaluate_sums, make_adam, torch_step, train_epoch
 from fenrec_dist.train.memory import release_free_memory
-from fenrec_dist.train.precision import bf16_note, cpu_step_precision
 from fenrec_dist.train.report import MetricsLog, drop_final, plot_curves, progress_line, read_metrics
 from fenrec_dist.train.runlock import run_lock
 
@@ -117,18 +116,13 @@ def _train_locked(cfg: Config, run_dir: Path, resume: bool, data: PreparedData, 
     if start_epoch < cfg.train.epochs and not stopper.should_stop:  # this start trains more epochs
         drop_final(run_dir, log)
 
-    precision = cpu_step_precision(cfg, device)
-    if (note := bf16_note(cfg, device)) is not None:
-        log(note)
-    loss_fn = FENRecLoss(cfg.loss, cfg.negatives, catalogue_dtype=precision.catalogue_dtype)
+    loss_fn = FENRecLoss(cfg.loss, cfg.negatives)
     partners = PartnerIndex.build(data.train.target, data.num_items)
     step = torch_step(model, optimizer, cfg.train.grad_clip)
     lengths = data.train.input_len
     from fenrec_dist.distributed.engine import use_bf16
 
-    autocast = precision.autocast
-    if device.type == "cuda" and use_bf16(cfg, device):
-        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" and use_bf16(cfg, device) else None
     refresher = None
     if uses_index(cfg):
         from fenrec_dist.negatives.index import TrainingFacts
