@@ -237,13 +237,6 @@ class TrainConfig:
     length_bucket_batches: int = _f(64, "Batches per length-sorting window of the shuffled epoch (length_grouping).",
                                     ge(1))
     threads: int = _f(0, "torch intra-op threads; 0 keeps torch's default.", ge(0))
-    split_encoder: bool = _f(
-        False, "Encode each step's anchors and partners as two groups on two threads with threads / 2 intra-op "
-        "threads each, the loss on the calling thread (inter-op parallelism, train/split.py). Same outputs with "
-        "dropout off; reproducible and exactly resumable, but other dropout masks than without it. Applies to "
-        "one-process runs (--local) on CPU with model.encoder=sasrec and at least 2 threads; elsewhere the run "
-        "says so and trains the plain way. Pays where a step scales poorly with intra-op threads: "
-        "bench/bench_split.py.")
     trim_every: int = _f(0, "Return freed heap pages to the OS (glibc malloc_trim) every N steps (0 = off); "
                              "the heap is always trimmed between phases. See train/memory.py.", ge(0))
     trim_growth_mib: float = _f(512.0, "Trim when the resident size grew by this many MiB since the last trim "

@@ -203,9 +203,6 @@ def run_distributed(cfg: Config, run_dir: str | Path | None = None, address: str
     """Fit the TorchTrainer; returns final.json's content (best epoch, valid, test)."""
     from fenrec_dist.train.runlock import run_lock
 
-    if cfg.train.split_encoder:
-        log("train.split_encoder is off for this run: it applies to one-process runs (--local); Ray Train "
-            "workers encode through their DeepSpeed engine")
     check_embedded_gpus(cfg, address)
     run = prepare_run(cfg, run_dir)
     with run_lock(run.local_dir):  # one training process per run directory

@@ -15,10 +15,7 @@ few hundred thousand elements, slower below a few thousand, where the per-call w
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -45,25 +42,6 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Ge
     return keep.view(torch.uint8).view(shape)
 
 
-_THREAD = threading.local()  # per-thread mask generator of ``mask_generator`` (None: torch's default)
-
-
-@contextlib.contextmanager
-def mask_generator(generator: torch.Generator | None) -> Iterator[None]:
-    """Draw the CPU dropout masks of the calling thread from ``generator`` inside the block.
-
-    Threads that encode at the same time (``train/split.py``) would otherwise take their
-    masks from torch's one default generator in whatever order they reach it, and a run
-    would not repeat. Other threads, and this one outside the block, are unaffected.
-    """
-    before = getattr(_THREAD, "generator", None)
-    _THREAD.generator = generator
-    try:
-        yield
-    finally:
-        _THREAD.generator = before
-
-
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout of x float [...] (the distribution and scaling of ``F.dropout``)."""
     if not training or p == 0.0:
@@ -71,8 +49,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, True)
     # a constant mask: autograd's multiply keeps only the mask for the backward (grad * mask)
-    mask = keep_mask(x.shape, p, getattr(_THREAD, "generator", None))
-    return x * mask.to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x * keep_mask(x.shape, p).to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
 class Dropout(nn.Dropout):

@@ -26,19 +26,15 @@ from fenrec_dist.train.memory import HeapTrimmer
 
 if TYPE_CHECKING:
     from fenrec_dist.negatives.refresh import EpochIndex
-    from fenrec_dist.train.split import SplitEncoder
 
-StepFn = Callable[..., None]  # step(loss) or, with a split encoder, step(loss, finish)
+StepFn = Callable[[torch.Tensor], None]
 
 
 def torch_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0) -> StepFn:
-    """The plain optimisation step: backward, clip, step, zero_grad(set_to_none=True).
-    ``finish`` (``SplitEncoder.encode``) runs between the loss's backward and the clip."""
+    """The plain optimisation step: backward, clip, step, zero_grad(set_to_none=True)."""
 
-    def step(loss: torch.Tensor, finish: Callable[[], None] | None = None) -> None:
+    def step(loss: torch.Tensor) -> None:
         loss.backward()
-        if finish is not None:
-            finish()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
@@ -112,7 +108,6 @@ def train_epoch(
     index: "EpochIndex | None" = None,
     trim_every: int = 0,
     trim_growth_mib: float = 0.0,
-    split: "SplitEncoder | None" = None,
 ) -> EpochResult:
     """One epoch of FENRec training.
 
@@ -130,8 +125,6 @@ def train_epoch(
         trim_every, trim_growth_mib: return freed heap pages to the OS every this many steps
             and/or when the resident size grew by this many MiB since the last trim (0 = never);
             see ``train.memory.HeapTrimmer``.
-        split: encode the rows in groups on threads (``train/split.py``; one process with
-            ``step`` from ``torch_step``), or None.
     """
     if hasattr(net, "train"):
         net.train()  # type: ignore[union-attr]
@@ -155,13 +148,9 @@ def train_epoch(
         anchors_global = table.sample_id[b] if partner_table is not table else b
         p = partners.draw(anchors_global, partner_table.target, rng)
         ids = np.concatenate([table.inputs[b], partner_table.inputs[p]], axis=0)
-        finish = None
-        if split is not None:
-            z, finish = split.encode(ids)
-        else:
-            ctx = autocast() if autocast is not None else torch.autocast("cpu", enabled=False)
-            with ctx:  # type: ignore[attr-defined]
-                z = encode_by_length(net, ids, device, packs=bool(getattr(encoder, "packs_tokens", False)))
+        ctx = autocast() if autocast is not None else torch.autocast("cpu", enabled=False)
+        with ctx:  # type: ignore[attr-defined]
+            z = encode_by_length(net, ids, device, packs=bool(getattr(encoder, "packs_tokens", False)))
         z = z.float()
         bsz = len(b)
         parts = loss_fn(
@@ -174,11 +163,7 @@ def train_epoch(
         )
         if not torch.isfinite(parts.total):
             raise FloatingPointError(f"non-finite loss at epoch {epoch}, batch {n_batches}: {parts.as_floats()}")
-        loss = parts.objective if parts.objective is not None else parts.total
-        if finish is None:
-            step(loss)
-        else:
-            step(loss, finish)
+        step(parts.objective if parts.objective is not None else parts.total)
         for k, v in parts.as_floats().items():
             sums[k] = sums.get(k, 0.0) + v
         for k, v in parts.stats.items():

@@ -130,19 +130,10 @@ def _train_locked(cfg: Config, run_dir: Path, resume: bool, data: PreparedData, 
         from fenrec_dist.negatives.store import NegativesStore
 
         refresher = IndexRefresher(cfg, TrainingFacts.from_table(data.train), NegativesStore(str(run_dir.resolve())))
+    t_start = time.perf_counter()
     log(f"data {cfg.data.path}: {len(data.train):,} training samples, {len(data.eval.user):,} users, "
         f"{data.num_items:,} items | device {device} | {sum(p.numel() for p in model.parameters()):,} parameters")
 
-    split = None
-    if cfg.train.split_encoder:
-        from fenrec_dist.train.split import SplitEncoder, split_blocker
-
-        blocker = split_blocker(cfg, device, torch.get_num_threads())
-        if blocker is None:
-            split = SplitEncoder(model, device, parts=2, threads_per_part=max(1, torch.get_num_threads() // 2))
-        else:
-            log(f"train.split_encoder is off for this run: {blocker}")
-    t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.train.epochs):
         if stopper.should_stop:
             break
@@ -164,7 +155,7 @@ def _train_locked(cfg: Config, run_dir: Path, resume: bool, data: PreparedData, 
         res = train_epoch(model, model, step, data.train, partners, data.train, batches, loss_fn, epoch, intents,
                           cfg.train.seed, device, progress=cfg.train.progress, num_batches=len(batches),
                           autocast=autocast, index=index, trim_every=cfg.train.trim_every,
-                          trim_growth_mib=cfg.train.trim_growth_mib, split=split)
+                          trim_growth_mib=cfg.train.trim_growth_mib)
         release_free_memory()
         if refresher is not None:
             refresher.record_training(epoch, res.stats)
@@ -187,8 +178,6 @@ def _train_locked(cfg: Config, run_dir: Path, resume: bool, data: PreparedData, 
             save_state(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                    "early_stopping": stopper.state_dict(), "epoch": epoch + 1, "rng": rng_state()})
         log(progress_line(rec, cfg.train.epochs, cfg.eval.metric, cfg.train.patience))
-    if split is not None:
-        split.close()
     log_file.close()
     plot_curves(run_dir, cfg.eval.metric)
     return finish(run_dir, cfg, data, device, log)
