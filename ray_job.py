@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from fenrec_dist.cli import run_reporting_errors
+from fenrec_dist.cliutil import run_reporting_errors
 from fenrec_dist.config import dump_yaml, load_config
 
 

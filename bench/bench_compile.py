@@ -144,7 +144,7 @@ def main() -> int:
 
     # 3. whole steps with the compiled ascent
     if Path(args.data).exists():
-        import fenrec_dist.negatives.samplers as samplers
+        import fenrec_dist.losses.samplers as samplers
         from bench_step import epoch0_batches, fit_intents, prepared_arm
 
         eager_arm = prepared_arm(args.data, args.config, ["negatives.warmup_epochs=0"])

@@ -471,7 +471,7 @@ def test_dedup_intent_batch_equals_the_full_batch_value_and_gradients(shaped, te
     centroid row restored by logaddexp) equals the [2B, 2B] batch with every centroid repeated,
     with in-batch, hard and noise negatives, in value and in the gradient of the samples."""
     from fenrec_dist.losses.intent_contrast import contrast_loss, dedup_intent_batch, intent_contrast_loss
-    from fenrec_dist.negatives.samplers import StepContext, build_samplers
+    from fenrec_dist.losses.samplers import StepContext, build_samplers
 
     g = torch.Generator().manual_seed(23)
     b, d, k = 10, 6, 5

@@ -194,7 +194,7 @@ def test_mined_negative_logits_equal_explicit_construction():
 def test_index_sampler_masks_missing_and_same_intent_and_uses_its_weight():
     from fenrec_dist.losses.intent_contrast import make_contrast_batch
     from fenrec_dist.negatives.refresh import EpochIndex
-    from fenrec_dist.negatives.samplers import IndexNegatives, StepContext
+    from fenrec_dist.losses.samplers import IndexNegatives, StepContext
 
     g = torch.Generator().manual_seed(0)
     vec = torch.randn(10, 4, generator=g)

@@ -25,7 +25,7 @@ from fenrec_dist.losses.intent_contrast import (
 )
 from fenrec_dist.losses.shaping import Shaping
 from fenrec_dist.losses.soft_labels import soft_label_loss_from_reprs
-from fenrec_dist.negatives.samplers import NoiseNegatives, StepContext, build_samplers
+from fenrec_dist.losses.samplers import NoiseNegatives, StepContext, build_samplers
 
 if TYPE_CHECKING:
     from fenrec_dist.negatives.refresh import EpochIndex

@@ -1,19 +1,3 @@
-"""Pluggable negative samplers for the contrastive terms (``negatives.sources``)."""
-
-from fenrec_dist.negatives.samplers import (
-    HardNegatives,
-    InBatchNegatives,
-    NegativeSampler,
-    NoiseNegatives,
-    StepContext,
-    build_samplers,
-)
-
-__all__ = [
-    "NegativeSampler",
-    "InBatchNegatives",
-    "HardNegatives",
-    "NoiseNegatives",
-    "StepContext",
-    "build_samplers",
-]
+"""The FAISS subsystem: the per-epoch negative index (build, filter, mine, refresh), its
+saved files and their inspection. The negative samplers that consume it live beside the
+losses (``fenrec_dist.losses.samplers``)."""

@@ -22,7 +22,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``fenrec tune`` on the ``fenrec`` sub-command parsers."""
-    from fenrec_dist.cli import _add_config_args
+    from fenrec_dist.cliutil import add_config_args as _add_config_args
 
     p = subparsers.add_parser(
         "tune", help="Ray Tune sweep: one TorchTrainer per trial, ASHA, results table + best.yaml",
