@@ -168,6 +168,25 @@ class LossConfig:
     dedup_intents: bool = _f(
         True, "Exact speed-up of the fine term: each intent's centroid once per batch (B + U rows, not 2B); "
         "used in one process with a fixed lam and no index negatives, else the full batch.")
+    rec_softmax: Literal["full", "sampled"] = _f(
+        "full", "L_rec over the whole catalogue (full) or sampled softmax (sampled: the soft-label window "
+        "against in-batch, random and mined items; losses/sampled_softmax.py) with row-sparse item-table "
+        "updates (optim/sparse_adam.py).")
+    sampled_in_batch: bool = _f(True, "Sampled L_rec: the global batch's targets (all workers) are candidates.")
+    sampled_random: int = _f(1024, "Sampled L_rec: items drawn at random per step, shared by the batch (0 = none).",
+                             ge(0))
+    sampled_popularity: bool = _f(False, "Sampled L_rec: draw the random items by training-target popularity "
+                                         "(add-one smoothed) instead of uniformly.")
+    sampled_logq: bool = _f(True, "Sampled L_rec: logQ correction of in-batch and random candidates "
+                                  "(logit - log expected count in the step's draw).")
+    sampled_mined: int = _f(0, "Sampled L_rec: hard items per anchor mined from the item index (0 = none).",
+                            ge(0))
+    sampled_enduring_lam: float = _f(
+        0.0, "Sampled L_rec: mined items pulled toward the anchor by lam (FENRec's enduring transform) join "
+        "as extra detached negatives (0 = off).", PROB)
+    sampled_enduring_weight: float = _f(0.1, "Sampled L_rec: weight of the enduring mined items in the "
+                                             "denominator.", ge(0))
+
 
 
 @dataclass
@@ -614,6 +633,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"negatives.index_candidates: must be > negatives.index_k ({neg.index_k}) when 'index' "
                           f"is in negatives.sources, got {neg.index_candidates}",
                           keys=["negatives.index_candidates", "negatives.index_k"])
+    loss = cfg.loss
+    if loss.rec_softmax == "sampled" and not (loss.sampled_in_batch or loss.sampled_random or loss.sampled_mined):
+        raise ConfigError("loss.rec_softmax: sampled needs candidates: loss.sampled_in_batch, loss.sampled_random "
+                          "> 0 or loss.sampled_mined > 0", keys=["loss.rec_softmax"])
     if model.hidden % model.heads:
         raise ConfigError(f"model.hidden: must be divisible by model.heads ({model.heads}), got {model.hidden}",
                           keys=["model.hidden", "model.heads"])

@@ -23,6 +23,7 @@ from fenrec_dist.losses.intent_contrast import (
     local_rows,
     make_contrast_batch,
 )
+from fenrec_dist.losses.sampled_softmax import CandidateSampler, SampledSoftmaxSpec, sampled_soft_label_loss
 from fenrec_dist.losses.shaping import Shaping
 from fenrec_dist.losses.soft_labels import soft_label_loss_from_reprs
 from fenrec_dist.losses.samplers import NoiseNegatives, StepContext, build_samplers
@@ -80,13 +81,26 @@ class FENRecLoss:
             [2B, 2B] blocks split by rows, so the work divides by W); gradients reach the
             other processes' rows through ``comm.gather``. Data-parallel training averages
             gradients over processes, so the contrastive part of ``objective`` is scaled by W.
+        item_counts: float or long [I + 1], how often each item is a training target; needed by
+            ``loss.rec_softmax: sampled`` for popularity draws and the in-batch logQ correction.
+        sparse_item_grad: with ``loss.rec_softmax: sampled``, the item table's gradient from L_rec
+            is a sparse tensor of the touched rows (for ``optim.make_optimizer``'s row-sparse Adam);
+            None: True exactly when L_rec is sampled.
     """
 
-    def __init__(self, loss_cfg: LossConfig, neg_cfg: NegativesConfig, comm: BatchComm | None = None) -> None:
+    def __init__(self, loss_cfg: LossConfig, neg_cfg: NegativesConfig, comm: BatchComm | None = None,
+                 item_counts: torch.Tensor | None = None, sparse_item_grad: bool | None = None) -> None:
         self.loss_cfg = loss_cfg
         self.neg_cfg = neg_cfg
         self.comm = comm
         self.world_size = 1 if comm is None else comm.world_size
+        self.sampled = loss_cfg.rec_softmax == "sampled"
+        self.sparse_item_grad = self.sampled if sparse_item_grad is None else bool(sparse_item_grad and self.sampled)
+        self.spec = SampledSoftmaxSpec(loss_cfg.sampled_in_batch, loss_cfg.sampled_random, loss_cfg.sampled_popularity,
+                                       loss_cfg.sampled_logq, loss_cfg.sampled_enduring_lam,
+                                       loss_cfg.sampled_enduring_weight)
+        self.item_counts = item_counts
+        self._candidates: CandidateSampler | None = None
 
     def after_warmup(self, epoch: int) -> bool:
         return epoch >= self.neg_cfg.warmup_epochs
@@ -109,6 +123,7 @@ class FENRecLoss:
         anchor_ids: torch.Tensor | None = None,
         partner_ids: torch.Tensor | None = None,
         index: "EpochIndex | None" = None,
+        mined_items: torch.Tensor | None = None,
     ) -> LossParts:
         """Loss of a batch.
 
@@ -123,9 +138,14 @@ class FENRecLoss:
             anchor_ids, partner_ids: long [B] sample ids of anchors and partners (needed by
                 index-mined negatives).
             index: the epoch's refreshed negative index, or None.
+            mined_items: long [B, K] hard items per anchor from the item index (sampled L_rec; 0 =
+                an empty slot), or None.
         """
         cfg = self.loss_cfg
-        rec = soft_label_loss_from_reprs(z1, item_weights, future, future_len, cfg.gamma, cfg.soft_labels)
+        if self.sampled:
+            rec = self.sampled_rec(z1, item_weights, target, future, future_len, generator, mined_items)
+        else:
+            rec = soft_label_loss_from_reprs(z1, item_weights, future, future_len, cfg.gamma, cfg.soft_labels)
         zero = rec.new_zeros(())
         coarse = fine = zero
         if cfg.lambda_coarse <= 0 and (cfg.beta_fine <= 0 or intents is None):
@@ -188,6 +208,30 @@ class FENRecLoss:
             total = rec.detach() + cfg.lambda_coarse * coarse + cfg.beta_fine * fine
         return LossParts(total, rec, coarse, fine, objective,
                          stats={k: sum(v) / len(v) for k, v in stats.items() if v})
+
+    def sampled_rec(self, z: torch.Tensor, item_weights: torch.Tensor, target: torch.Tensor, future: torch.Tensor,
+                    future_len: torch.Tensor, generator: torch.Generator,
+                    mined_items: torch.Tensor | None) -> torch.Tensor:
+        """The sampled L_rec of this process's rows (``losses/sampled_softmax.py``): in-batch
+        candidates are the global batch's targets (``comm.gather``), random ones drawn from
+        ``generator`` (the same on every process)."""
+        cfg, spec = self.loss_cfg, self.spec
+        if self._candidates is None:
+            self._candidates = CandidateSampler(item_weights.shape[0] - 1, spec, self.item_counts)
+        parts = []
+        g = 0
+        if spec.in_batch:
+            gt = target if self.comm is None else self.comm.gather(target)[0][0]
+            parts.append(gt)
+            g = gt.shape[0]
+        if spec.num_random > 0:
+            parts.append(self._candidates.draw(generator).to(target.device))
+        shared = torch.cat(parts) if parts else None
+        corr = self._candidates.log_expected_count(shared, g) if spec.logq and shared is not None else None
+        return sampled_soft_label_loss(z, item_weights, future, future_len, cfg.gamma, cfg.soft_labels,
+                                       shared=shared, shared_correction=corr, mined=mined_items,
+                                       enduring_lam=spec.enduring_lam, enduring_weight=spec.enduring_weight,
+                                       sparse_grad=self.sparse_item_grad)
 
     def _coarse(self, batch: ContrastBatch, others: list, noise: NoiseNegatives | None, shaping: Shaping,
                 ctx: StepContext, stats: dict[str, list[float]] | None) -> torch.Tensor:

@@ -1,0 +1,218 @@
+"""Sampled soft-label softmax for L_rec (``loss.rec_softmax: sampled``).
+
+The full L_rec (``soft_labels.py``) scores every item for every anchor. Here each anchor's
+soft-label window (the target and the next ``horizon`` training items, with their weights
+w_k) is scored against a small candidate set instead:
+
+- in-batch: the targets of the global batch (all workers; G items, shared by the rows);
+- random: N items drawn with replacement, uniformly over 1..I or by training-target
+  popularity (add-one smoothed), shared by the rows of the step;
+- mined: K items per anchor given by the caller (the item index's top-scoring items for the
+  anchor's representation; ``negatives/item_index.py``), optionally also as FENRec's enduring
+  transform of them (pulled toward the anchor by lam, detached, weight w).
+
+Loss of row b (positives counted once each, duplicates in the window only once):
+
+    lse_b = logsumexp( {l_bp : p in window_b}
+                     U {l_bm : m in mined_b, m not in window_b}
+                     U {l_bs - c_s : s in shared, s not in window_b, s not in mined_b}
+                     U {log w + z_b . h_bm : enduring} )
+    L_b   = lse_b - sum_k w_bk l_{b, window_bk}
+
+False negatives are removed with the sample's own training window only (never validation
+or test items). With the logQ correction c_s = log E[count of s in the step's draw] =
+log(G p_s + N q_s) (p the in-batch target distribution, q the random one), the shared sum
+is an unbiased estimate of the catalogue's sum over the items that are neither positive nor
+mined (a Horvitz-Thompson estimate restricted by an indicator stays unbiased), so the
+denominator estimates the full softmax's; without it (c = 0) in-batch and random candidates
+count once per draw (plain sampled softmax). Every item lookup goes through
+``F.embedding(..., sparse=True)`` when ``sparse_grad``: the item table's gradient is then a
+sparse [I + 1, d] tensor whose rows are the touched items only (``optim/sparse_adam.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fenrec_dist.losses.soft_labels import soft_label_weights
+
+
+@dataclass(frozen=True)
+class SampledSoftmaxSpec:
+    """What the sampled L_rec draws (``loss.sampled_*`` keys).
+
+    in_batch: the global batch's targets are candidates.
+    num_random: N random items per step (shared by the rows).
+    popularity: draw them by (add-one smoothed) training-target popularity, else uniformly.
+    logq: subtract log E[count] from in-batch and random candidates' logits.
+    enduring_lam: lam of the enduring copies of the mined items (0 = none).
+    enduring_weight: their weight w in the denominator.
+    """
+
+    in_batch: bool = True
+    num_random: int = 1024
+    popularity: bool = False
+    logq: bool = True
+    enduring_lam: float = 0.0
+    enduring_weight: float = 0.1
+
+
+class CandidateSampler:
+    """Random candidates and the logQ correction over a catalogue of items 1..I.
+
+    Args:
+        item_counts: float or long [I + 1], how often each item is a training target (entry 0,
+            the padding, is ignored): the in-batch distribution p = counts / sum(counts). Needed
+            for ``logq`` with in-batch candidates and for popularity draws; None: p unknown.
+        spec: what to draw.
+    """
+
+    def __init__(self, num_items: int, spec: SampledSoftmaxSpec, item_counts: torch.Tensor | None = None) -> None:
+        self.num_items = int(num_items)
+        self.spec = spec
+        need_counts = spec.popularity or (spec.logq and spec.in_batch)
+        if need_counts and item_counts is None:
+            raise ValueError("sampled softmax: item_counts (training-target counts) are needed for popularity "
+                             "draws and for the logQ correction of in-batch candidates")
+        self.p: torch.Tensor | None = None  # float64 [I + 1], in-batch distribution
+        self.q_cdf: torch.Tensor | None = None  # float64 [I], cumulative popularity draw distribution
+        self.q: torch.Tensor | None = None  # float64 [I + 1], the random draw distribution (None: uniform)
+        if item_counts is not None:
+            c = item_counts.detach().to(torch.float64).cpu().clone()
+            if c.shape[0] != self.num_items + 1:
+                raise ValueError(f"sampled softmax: item_counts has {c.shape[0]} entries, expected {self.num_items + 1}")
+            c[0] = 0.0
+            self.p = c / c.sum().clamp_min(1.0)
+            if spec.popularity:
+                sm = c + 1.0
+                sm[0] = 0.0
+                self.q = sm / sm.sum()
+                self.q_cdf = torch.cumsum(self.q[1:], 0)
+                self.q_cdf[-1] = 1.0
+
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        """long [N]: this step's random items in 1..I (CPU; N = spec.num_random)."""
+        n = self.spec.num_random
+        if n == 0:
+            return torch.zeros(0, dtype=torch.long)
+        if self.q_cdf is None:
+            return torch.randint(1, self.num_items + 1, (n,), generator=generator)
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        return torch.searchsorted(self.q_cdf, u, right=True).clamp_max(self.num_items - 1) + 1
+
+    def log_expected_count(self, ids: torch.Tensor, in_batch_size: int) -> torch.Tensor:
+        """float [S]: log E[count of item ids[s]] in a draw of ``in_batch_size`` in-batch targets
+        plus ``spec.num_random`` random items (the logQ correction); ids long [S]."""
+        n = self.spec.num_random
+        cpu = ids.cpu()
+        exp = torch.zeros(cpu.shape[0], dtype=torch.float64)
+        if self.spec.in_batch and in_batch_size > 0:
+            assert self.p is not None
+            exp += in_batch_size * self.p[cpu]
+        if n > 0:
+            exp += n * (self.q[cpu] if self.q is not None else torch.full_like(exp, 1.0 / self.num_items))
+        return exp.clamp_min(1e-30).log().to(device=ids.device, dtype=torch.float32)
+
+
+def _lookup(weights: torch.Tensor, ids: torch.Tensor, sparse: bool) -> torch.Tensor:
+    """Rows ``weights[ids]`` (float [*ids.shape, d]); id 0 (padding) gets no gradient."""
+    return F.embedding(ids, weights, padding_idx=0, sparse=sparse)
+
+
+def _member(values: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+    """bool [B, S]: whether values [B, S] (or [S], shared) is in row b's set sets [B, K]."""
+    if sets.shape[1] == 0:
+        return torch.zeros(sets.shape[0], values.shape[-1], dtype=torch.bool, device=sets.device)
+    srt, _ = sets.sort(dim=1)
+    v = values.expand(sets.shape[0], -1).contiguous()
+    pos = torch.searchsorted(srt, v).clamp_max(srt.shape[1] - 1)
+    return srt.gather(1, pos) == v
+
+
+def enduring_items(z: torch.Tensor, e: torch.Tensor, lam: float) -> torch.Tensor:
+    """FENRec's enduring transform of items toward their anchors, detached.
+
+    h_bk = |e_bk| * normalize((1 - lam) e_bk / |e_bk| + lam z_b / |z_b|)
+
+    Args:
+        z: float [B, d] anchors; e: float [B, K, d] items.
+    Returns:
+        float [B, K, d], no gradient.
+    """
+    z, e = z.detach(), e.detach()
+    norm_e = e.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    mix = (1 - lam) * e / norm_e + lam * F.normalize(z, dim=-1)[:, None, :]
+    return norm_e * F.normalize(mix, dim=-1)
+
+
+def sampled_soft_label_loss(
+    z: torch.Tensor,
+    item_weights: torch.Tensor,
+    future: torch.Tensor,
+    future_len: torch.Tensor,
+    gamma: float,
+    soft: bool = True,
+    shared: torch.Tensor | None = None,
+    shared_correction: torch.Tensor | None = None,
+    mined: torch.Tensor | None = None,
+    enduring_lam: float = 0.0,
+    enduring_weight: float = 0.0,
+    sparse_grad: bool = False,
+) -> torch.Tensor:
+    """The sampled soft-label cross-entropy of a batch (formula in the module docstring).
+
+    Args:
+        z: float [B, d] anchors' representations.
+        item_weights: float [I + 1, d] item table (row 0 padding).
+        future: long [B, H + 1] the target then the next training items, 0-padded;
+        future_len: long [B] valid entries; gamma, soft: the soft label (``soft_label_weights``).
+        shared: long [S] candidates shared by every row (in-batch targets then random items),
+            or None.
+        shared_correction: float [S] subtracted from the shared candidates' logits (the logQ
+            correction), or None for none.
+        mined: long [B, K] per-row candidates (0 = none in that slot), or None. Counted once
+            each, uncorrected; a shared candidate that is also one of the row's mined items is
+            dropped from the shared part.
+        enduring_lam, enduring_weight: the mined items' enduring copies (off when lam or
+            weight is 0).
+        sparse_grad: the item table's gradient as a sparse tensor (touched rows only).
+
+    Returns:
+        scalar: mean over the B rows.
+    """
+    b = z.shape[0]
+    label = soft_label_weights(future_len, future.shape[1], gamma, soft).to(z.dtype)  # [B, H+1]
+    width = future.shape[1]
+    k = torch.arange(width, device=future.device)
+    valid = k[None, :] < future_len[:, None]
+    # an item repeated in the window enters the denominator once (its label weights add up)
+    earlier = (future[:, :, None] == future[:, None, :]) & (k[None, None, :] < k[None, :, None])
+    first = valid & ~(earlier & valid[:, None, :]).any(dim=2)
+    window = torch.where(valid, future, torch.zeros_like(future))  # [B, H+1], 0 = no item
+
+    pos = torch.einsum("bd,bkd->bk", z, _lookup(item_weights, window, sparse_grad))  # [B, H+1]
+    parts = [pos.masked_fill(~first, float("-inf"))]
+    if mined is not None and mined.shape[1] > 0:
+        em = _lookup(item_weights, mined, sparse_grad)  # [B, K, d]
+        drop_m = (mined == 0) | _member(mined, window)
+        parts.append(torch.einsum("bd,bkd->bk", z, em).masked_fill(drop_m, float("-inf")))
+        if enduring_lam > 0 and enduring_weight > 0:
+            h = enduring_items(z, em, enduring_lam)
+            hl = torch.einsum("bd,bkd->bk", z, h) + math.log(enduring_weight)
+            parts.append(hl.masked_fill(drop_m, float("-inf")))
+    if shared is not None and shared.shape[0] > 0:
+        es = _lookup(item_weights, shared, sparse_grad)  # [S, d]
+        ls = z @ es.t()  # [B, S]
+        if shared_correction is not None:
+            ls = ls - shared_correction[None, :]
+        drop_s = _member(shared[None, :], window)
+        if mined is not None and mined.shape[1] > 0:
+            drop_s |= _member(shared[None, :], mined)
+        parts.append(ls.masked_fill(drop_s, float("-inf")))
+    lse = torch.logsumexp(torch.cat(parts, dim=1), dim=1)  # [B]
+    picked = pos.masked_fill(~valid, 0.0)
+    return (lse - (label * picked).sum(dim=1)).sum() / b
