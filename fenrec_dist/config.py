@@ -236,6 +236,10 @@ class IntentConfig:
     nredo: int = _f(1, "k-means runs from different seeds, the lowest objective kept (ICSRec's clustering "
                        "uses 5; each run costs niter iterations).", ge(1))
     batch_size: int = _f(2048, "Batch size of the eval-mode representation pass.", ge(1))
+    backend: Literal["auto", "faiss", "torch"] = _f(
+        "auto", "k-means and intent assignment: faiss, torch (matrix products on the training device; same "
+        "init and iterations as faiss.Kmeans), or auto (faiss-gpu on CUDA when installed, else torch on CUDA; "
+        "faiss on CPU).")
 
 
 @dataclass
