@@ -156,6 +156,14 @@ class ModelConfig:
         True, "Exact speed-up: layers other than attention run on real tokens only; attention per "
         "length-sorted chunk (replaces trim_padding; SASRec)."
     )
+    static_shapes: bool = _f(
+        False, "Training batches packed in static shapes for CUDA graphs (SASRec): one attention grid of all rows, "
+        "width rounded up to model.width_multiple, token count to model.token_multiple; same outputs and "
+        "gradients as pack_tokens to float rounding. Off on CPU, where the grid's padding costs time.")
+    token_multiple: int = _f(512, "static_shapes: the packed token count is rounded up to a multiple of this "
+                                  "(each distinct count is one captured graph).", ge(1))
+    width_multiple: int = _f(16, "static_shapes: the attention grid's width (longest row) is rounded up to a "
+                                 "multiple of this, at most the input width.", ge(1))
 
 
 @dataclass

@@ -128,3 +128,91 @@ class PackPlan:
             for c in plan.chunks:
                 c.flat, c.pad = c.flat.to(dev), c.pad.to(dev)
         return plan
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` (>= 1) that is >= n."""
+    return -(-int(n) // multiple) * multiple
+
+
+@dataclass
+class StaticPlan:
+    """A left-padded batch long [N, W] packed in static, bucketed shapes (``model.static_shapes``).
+
+    A CUDA graph replays fixed shapes, so unlike ``PackPlan`` (chunks of data-dependent sizes) the
+    plan has one attention grid over all N rows in batch order, [N, L] with L the longest row
+    rounded up to ``width_multiple`` (at most W), and the token count T rounded up to
+    ``token_multiple``: T_b = round_up(T). The T_b - T filler tokens (item 0 at position 0) pass
+    through the position-wise layers but are never placed in the grid nor read, so no output and
+    no gradient depends on them. Shapes then take a few values per epoch (key: N, T_b, L): Beauty's
+    2 x 256-row batches hold 3,842-4,779 tokens (5th-95th percentile), 4-5 buckets of 512.
+
+    token_ids, token_pos: long [T_b] item id and absolute position id of each token: the real
+        tokens row by row (batch order, oldest first), then the fillers.
+    cell_token: long [N * L] the token of each grid cell (row-major), T_b for padding cells (a
+        zero row appended to the packed activations).
+    token_cell: long [T_b] the grid cell of each token (fillers: cell 0, never read).
+    keys: bool [N, L] True at the grid cells that hold a real token (rows right-aligned).
+    last: long [N] the token index of each row's last token.
+    tokens: T, the number of real tokens.
+    """
+
+    token_ids: torch.Tensor
+    token_pos: torch.Tensor
+    cell_token: torch.Tensor
+    token_cell: torch.Tensor
+    keys: torch.Tensor
+    last: torch.Tensor
+    tokens: int
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        """(N, T_b, L): the shapes a captured graph is specific to."""
+        n, width = self.keys.shape
+        return n, int(self.token_ids.shape[0]), width
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The plan's tensors in a fixed order (``from_tensors`` rebuilds the plan)."""
+        return self.token_ids, self.token_pos, self.cell_token, self.token_cell, self.keys, self.last
+
+    @classmethod
+    def from_tensors(cls, tensors: tuple[torch.Tensor, ...], tokens: int = -1) -> "StaticPlan":
+        return cls(*tensors, tokens=tokens)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "StaticPlan":
+        moved = [t.to(device, non_blocking=non_blocking) for t in self.tensors()]
+        return StaticPlan.from_tensors(tuple(moved), self.tokens)
+
+    @classmethod
+    def build(cls, input_ids: torch.Tensor | np.ndarray, max_len: int, token_multiple: int = 512,
+              width_multiple: int = 16, device: torch.device | str | None = None) -> "StaticPlan":
+        """Plan for ``input_ids`` long [N, W] (left-padded with 0, W <= max_len). A row with no
+        item keeps its last column (the padding id), as ``PackPlan`` does. Built on the host;
+        the tensors go to ``device`` (default: the input's device)."""
+        if isinstance(input_ids, torch.Tensor):
+            dev = input_ids.device if device is None else torch.device(device)
+            ids = input_ids.detach().cpu().numpy()
+        else:
+            dev = torch.device("cpu" if device is None else device)
+            ids = np.asarray(input_ids)
+        rows, width_in = ids.shape
+        n = np.maximum((ids != 0).sum(axis=1), 1)  # [N] tokens per row
+        width = min(width_in, round_up(int(n.max()) if rows else 1, width_multiple))
+        total = int(n.sum())
+        t_b = round_up(max(total, 1), token_multiple)
+        real = np.arange(width_in)[None, :] >= (width_in - n)[:, None]  # [N, W] real columns
+        rr, cc = np.nonzero(real)  # row-major: each row's tokens, oldest first
+        cells = rr * width + (cc - (width_in - width))  # right-aligned in the [N, L] grid
+        token_ids = np.zeros(t_b, dtype=np.int64)
+        token_pos = np.zeros(t_b, dtype=np.int64)
+        token_ids[:total] = ids[rr, cc]
+        token_pos[:total] = cc + (max_len - width_in)
+        cell_token = np.full(rows * width, t_b, dtype=np.int64)
+        cell_token[cells] = np.arange(total)
+        token_cell = np.zeros(t_b, dtype=np.int64)
+        token_cell[:total] = cells
+        keys = np.zeros(rows * width, dtype=bool)
+        keys[cells] = True
+        last = np.cumsum(n) - 1
+        arrays = (token_ids, token_pos, cell_token, token_cell, keys.reshape(rows, width), last)
+        return cls.from_tensors(tuple(torch.from_numpy(a).to(dev) for a in arrays), total)

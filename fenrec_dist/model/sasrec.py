@@ -12,11 +12,18 @@ without it, ``trim_padding`` drops all-padding left columns while keeping absolu
 position ids; ``last_position_only`` computes the last block's queries and feed-forward
 only at the last position. All give the same output and gradients as the plain
 computation (see tests/test_model.py).
+
+``static_shapes`` (for CUDA graphs, off by default) packs training batches with
+``StaticPlan`` instead: one attention grid per batch and token counts rounded up to
+``token_multiple``, so shapes take a few values per epoch; same outputs and gradients as
+``encode_packed`` to float rounding (tests/test_buckets.py).
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +32,7 @@ from torch import nn
 from fenrec_dist.config import ModelConfig
 from fenrec_dist.model.base import SequenceEncoder, trim_left_padding
 from fenrec_dist.model.dropout import Dropout
-from fenrec_dist.model.packing import PackPlan
+from fenrec_dist.model.packing import PackPlan, StaticPlan
 
 _MASKED = -10000.0  # the reference's additive mask value (exp underflows to exactly 0 in fp32)
 
@@ -167,10 +174,18 @@ class SASRec(SequenceEncoder):
         already come in length-sorted batches and have no backward: there packing measured
         no faster (6.7 vs 6.8 s for the Beauty clustering pass) and its buffers raised that
         pass's peak resident size by 100-500 MiB, so they keep the trimmed path."""
-        return self.cfg.pack_tokens and self.training
+        return (self.cfg.pack_tokens or self.cfg.static_shapes) and self.training
+
+    def static_plan(self, input_ids: torch.Tensor | np.ndarray, device: torch.device | str | None = None
+                    ) -> StaticPlan:
+        """``StaticPlan`` of input_ids long [B, W] with this model's buckets (``model.token_multiple``,
+        ``model.width_multiple``)."""
+        return StaticPlan.build(input_ids, self.max_len, self.cfg.token_multiple, self.cfg.width_multiple, device)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids long [B, W <= max_len] left-padded -> float [B, d] at the last position."""
+        if self.packs_tokens and self.cfg.static_shapes:
+            return self.encode_static(self.static_plan(input_ids))
         if self.packs_tokens:
             return self.encode_packed(PackPlan.build(input_ids, self.max_len))
         ids, offset = trim_left_padding(input_ids) if self.cfg.trim_padding else (input_ids, 0)
@@ -221,3 +236,44 @@ class SASRec(SequenceEncoder):
             ctx = outs[0] if len(outs) == 1 else torch.cat(outs)
             x = block.ff(att.finish(ctx, q_in))
         return (x if self.cfg.last_position_only else x[plan.last])[plan.inverse]
+
+    def encode_static(self, plan: StaticPlan) -> torch.Tensor:
+        """The blocks over a batch packed in static shapes (``StaticPlan``): float [N, d] per row,
+        in batch order. Shapes depend only on ``plan.key``, and no step reads a tensor's value
+        on the host, so the computation can be captured in a CUDA graph per key.
+
+        Position-wise layers act on the T_b tokens x [T_b, d] (fillers included); each block
+        gathers q, k, v of the real tokens into the [N, L] grid (padding cells read an appended
+        zero row, as ``encode_packed``'s zero-filled grids), attends with the causal and
+        key-padding mask of ``plan.keys``, and gathers each token's output back from its cell.
+        Filler tokens are never in the grid and their states are never read: no output or
+        gradient depends on them.
+        """
+        x = self.emb_dropout(self.emb_norm(self.item_emb(plan.token_ids) + self.pos_emb(plan.token_pos)))
+        d = x.shape[1]
+        rows, length = plan.keys.shape
+        n = len(self.blocks)
+        masks: dict[bool, torch.Tensor] = {}
+        for i, block in enumerate(self.blocks):
+            att = block.attn
+            last_only = self.cfg.last_position_only and i == n - 1
+            if last_only not in masks:
+                masks[last_only] = additive_mask(plan.keys, last_only)  # [N, 1, Lq, L]
+            projs = [att.key, att.value] if last_only else [att.query, att.key, att.value]
+            packed = F.linear(x, torch.cat([p.weight for p in projs]), torch.cat([p.bias for p in projs]))
+            width = packed.shape[1]
+            grid = torch.cat([packed, packed.new_zeros(1, width)]).index_select(0, plan.cell_token)
+            parts = grid.view(rows, length, width // d, att.heads, att.head_dim).permute(2, 0, 3, 1, 4)
+            parts = parts.contiguous().unbind(0)
+            if last_only:
+                k, v = parts
+                q_in = x.index_select(0, plan.last)  # [N, d]
+                q = att.query(q_in).view(rows, att.heads, 1, att.head_dim)
+            else:
+                q, k, v = parts
+                q_in = x
+            ctx = att.attend(q, k, v, masks[last_only]).transpose(1, 2).reshape(-1, d)  # [N * Lq, d]
+            if not last_only:
+                ctx = ctx.index_select(0, plan.token_cell)  # [T_b, d]
+            x = block.ff(att.finish(ctx, q_in))
+        return x if self.cfg.last_position_only else x.index_select(0, plan.last)
