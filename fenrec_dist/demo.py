@@ -50,16 +50,21 @@ def run_demo(workdir: str | Path = "runs/demo", config: str | Path | None = None
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # The data goes where the config says (configs/demo.yaml: data/demo), so the config runs
+    # as it is afterwards: `fenrec train --config configs/demo.yaml`, `ray_job.py --dry-run`.
+    cfg: Config = load_config(config or ROOT / "configs" / "demo.yaml", overrides or [])
+    data_dir = Path(cfg.data.path)
     log_path = workdir / "synth.csv"
-    data_dir = workdir / "data"
     t0 = time.perf_counter()
     if not (data_dir / "manifest.json").exists():
         s = write_synth(SynthConfig(users=2000, items=400, seed=0), log_path, fmt="csv")
         log(f"synthetic log: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions -> {log_path}")
-        m = prepare(log_path, data_dir, max_len=20, horizon=2, num_shards=4, overwrite=True)
+        m = prepare(log_path, data_dir, max_len=cfg.data.max_len, horizon=cfg.data.horizon, num_shards=4,
+                    overwrite=True)
         log(f"prepared {data_dir}: {m['train_samples']:,} training samples in {len(m['shards'])} shards "
             f"({time.perf_counter() - t0:.1f}s)")
-    cfg: Config = load_config(config or ROOT / "configs" / "demo.yaml", [f"data.path={data_dir}"] + (overrides or []))
+    else:
+        log(f"using the prepared data at {data_dir}")
     run_dir = workdir / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
     if local:
         from fenrec_dist.train.single import train_single
