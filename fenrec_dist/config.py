@@ -235,6 +235,17 @@ class NegativesConfig:
     index_gpu_temp_mb: int = _f(256, "Temporary GPU memory of the FAISS GPU resources (MiB).", ge(0))
     index_save: bool = _f(True, "Save each epoch's index and neighbour metadata under RUN_DIR/negatives/.")
     index_keep: int = _f(3, "Epochs of saved indexes kept (older ones are deleted; summaries stay).", ge(1))
+    item_index_type: Literal["flat", "ivf", "hnsw"] = _f(
+        "ivf", "FAISS index of the item table (mined items of the sampled L_rec, export) at or above "
+        "item_index_exact_below items: flat (exact), ivf or hnsw; exact flat below.")
+    item_index_exact_below: int = _f(100_000, "Catalogue size under which the item index is exact (flat).", ge(0))
+    item_index_nlist: int = _f(0, "IVF lists of the item index; 0 = about sqrt(items).", ge(0))
+    item_index_nprobe: int = _f(8, "IVF lists visited per item-index query.", ge(1))
+    item_index_hnsw_m: int = _f(32, "HNSW graph degree M of the item index.", ge(2))
+    item_index_ef_search: int = _f(128, "HNSW efSearch of the item index.", ge(1))
+    item_index_refresh_steps: int = _f(0, "Also rebuild the item index every this many steps (0 = once per epoch).",
+                                       ge(0))
+
 
 
 @dataclass
