@@ -1,0 +1,113 @@
+"""The graph-capturable step (model/graphed.py): static-shape encoder + the eager FENRec loss.
+
+On CPU the capturable step runs its code path without capture; its loss and gradients must be
+the eager packed step's. On CUDA (the GPU machine runs this file in bench/gpu/gpu_check.sh) the
+captured graphs must give the uncaptured values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from fenrec_dist.config import LossConfig, ModelConfig, NegativesConfig
+from fenrec_dist.intents import IntentClusters
+from fenrec_dist.losses.fenrec import FENRecLoss
+from fenrec_dist.model import SASRec
+from fenrec_dist.model.graphed import GraphedEncoder
+from fenrec_dist.model.packing import StaticPlan
+from fenrec_dist.train.loop import encode_by_length
+
+ITEMS, MAX_LEN, D = 40, 12, 16
+
+
+def _batch(rows: int, seed: int) -> dict[str, np.ndarray]:
+    """A training batch: anchors and partners' inputs [2 * rows, MAX_LEN], targets, future windows."""
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((2 * rows, MAX_LEN), dtype=np.int64)
+    for i, n in enumerate(rng.integers(1, MAX_LEN + 1, 2 * rows)):
+        ids[i, MAX_LEN - n:] = rng.integers(1, ITEMS + 1, n)
+    target = rng.integers(1, ITEMS // 2, rows)  # repeats: same-target false negatives masked
+    future = np.stack([target, rng.integers(1, ITEMS + 1, rows), rng.integers(1, ITEMS + 1, rows)], 1)
+    return {"ids": ids, "target": target, "future": future, "future_len": rng.integers(1, 4, rows)}
+
+
+def _models(device: str = "cpu") -> tuple[SASRec, SASRec]:
+    cfg = ModelConfig(hidden=D, heads=2, layers=2, dropout=0.0, attn_dropout=0.0)
+    torch.manual_seed(0)
+    eager = SASRec(cfg, ITEMS, MAX_LEN).to(device).train()
+    static = SASRec(dataclasses.replace(cfg, static_shapes=True, token_multiple=16), ITEMS, MAX_LEN).to(device).train()
+    static.load_state_dict(eager.state_dict())
+    return eager, static
+
+
+def _loss(model: SASRec, z: torch.Tensor, batch: dict[str, np.ndarray], epoch: int,
+          intents: IntentClusters | None, device: str) -> torch.Tensor:
+    loss_fn = FENRecLoss(LossConfig(lambda_coarse=0.3, beta_fine=0.1),
+                         NegativesConfig(warmup_epochs=1, noise_ratio=2.0, lam_min=0.4, lam_max=0.4))
+    b = len(batch["target"])
+    t = {k: torch.from_numpy(v).to(device) for k, v in batch.items() if k != "ids"}
+    parts = loss_fn(z[:b], z[b:], model.item_weights().float(), t["target"], t["future"], t["future_len"],
+                    epoch, intents, torch.Generator().manual_seed(7))
+    return parts.objective
+
+
+def _grads(model: SASRec) -> list[torch.Tensor]:
+    out = [p.grad.detach().clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+@pytest.mark.parametrize("epoch", [0, 1], ids=["warmup", "hard+noise"])
+def test_capturable_step_equals_eager_step_on_cpu(epoch):
+    """Same inputs -> the same loss and gradients: the eager packed step of the trainer
+    (``encode_by_length`` + FENRecLoss) and the capturable step (StaticPlan + GraphedEncoder +
+    the same loss), with the fine term's intents from the torch backend."""
+    eager, static = _models()
+    batch = _batch(12, seed=epoch)
+    reprs = torch.randn(200, D, generator=torch.Generator().manual_seed(1))
+    intents = IntentClusters.fit(reprs, 6, niter=5, seed=0, backend="torch", device="cpu")
+    z = encode_by_length(eager, batch["ids"], torch.device("cpu"), packs=True)
+    ref = _loss(eager, z, batch, epoch, intents, "cpu")
+    ref.backward()
+    ref_grads = _grads(eager)
+    enc = GraphedEncoder(static)
+    assert not enc.enabled  # CPU: the same code path, uncaptured
+    got = _loss(static, enc(static.static_plan(batch["ids"])), batch, epoch, intents, "cpu")
+    got.backward()
+    assert enc.eager_calls == 1
+    assert float(got.detach()) == pytest.approx(float(ref.detach()), abs=1e-6)
+    for (name, a), b in zip(static.named_parameters(), ref_grads):
+        assert torch.allclose(a.grad, b, atol=1e-6, rtol=1e-5), name
+
+
+def test_graphed_encoder_refuses_capture_off_cuda():
+    _, static = _models()
+    with pytest.raises(ValueError, match="CUDA"):
+        GraphedEncoder(static, enabled=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graphed_encoder_replays_equal_the_eager_encoder_on_cuda():
+    """Captured per shape key; each replay (new data copied into the static inputs) gives the
+    eager values; gradients reach the parameters through the graphed backward."""
+    _, static = _models("cuda")
+    eager_enc = GraphedEncoder(static, enabled=False)
+    graphed = GraphedEncoder(static, enabled=True)
+    keys = set()
+    for seed in range(6):
+        batch = _batch(12 + 4 * (seed % 3), seed)
+        plan = static.static_plan(batch["ids"], device="cuda")
+        keys.add(plan.key)
+        w = torch.randn(plan.key[0], D, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+        (eager_enc(plan) * w).sum().backward()
+        want = _grads(static)
+        z = graphed(plan)
+        (z * w).sum().backward()
+        with torch.no_grad():
+            assert torch.allclose(z, eager_enc(plan), atol=1e-5)
+        for a, b in zip(_grads(static), want):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert graphed.graphs == len(keys) and graphed.eager_calls == 0
