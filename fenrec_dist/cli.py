@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
 
 from fenrec_dist.cliutil import add_config_args as _add_config_args
 from fenrec_dist.cliutil import run_reporting_errors
@@ -54,23 +49,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill``, a scheduler's preemption) stops a run as Ctrl-C does (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _finished_no_epoch(run_dir: Path) -> bool:
     """A run directory whose run stopped before its first epoch ended (a crash or a kill): its
     config.yaml and an empty log at most, nothing a new start would lose."""
@@ -86,13 +64,14 @@ def _finished_no_epoch(run_dir: Path) -> bool:
 
 
 def _check_resume_kind(run_dir: Path, local: bool) -> None:
-    """A run resumes the way it was trained: a one-process run (checkpoints/last.pt) with
-    --local, a Ray Train run (checkpoint_* directories) without. The other way round would
+    """A run resumes the way it was trained: a one-process run (RUN_DIR/checkpoints/) with
+    --local, a Ray Train run (RUN_DIR/checkpoint_* directories) without. The other way round would
     start again from epoch 0 and overwrite the run's metrics.jsonl."""
-    one_process = (run_dir / "checkpoints" / "last.pt").exists()
+    one_process = (run_dir / "checkpoints" / "last.pt").exists() or any(
+        d.is_dir() for d in (run_dir / "checkpoints").glob("checkpoint_*"))
     ray_train = any(d.is_dir() for d in run_dir.glob("checkpoint_*"))
     if one_process and not local:
-        raise ConfigError(f"{run_dir} was trained in one process (checkpoints/last.pt): resume it with --local "
+        raise ConfigError(f"{run_dir} was trained in one process (checkpoints/): resume it with --local "
                           f"(Ray Train workers would start it again from epoch 0)")
     if ray_train and local:
         raise ConfigError(f"{run_dir} was trained by Ray Train workers (its checkpoint_* directories): resume it "
@@ -102,7 +81,7 @@ def _check_resume_kind(run_dir: Path, local: bool) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from fenrec_dist.train.checkpoint import atomic_write_text
     from fenrec_dist.train.runlock import ensure_idle
-    from fenrec_dist.train.single import load_run_config
+    from fenrec_dist.train.local import load_run_config
 
     if args.resume:
         if args.config:
@@ -127,13 +106,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"note: {run_dir} holds a run that finished no epoch (it stopped before its first epoch "
                   f"ended); starting it again with this config", file=sys.stderr)
     if args.local:
-        from fenrec_dist.train.single import train_single
+        from fenrec_dist.train.local import train_local
 
         try:
-            with _sigterm_as_interrupt():
-                final = train_single(cfg, run_dir, resume=bool(args.resume))
+            final = train_local(cfg, run_dir, resume=bool(args.resume))
         except KeyboardInterrupt:
-            print(f"interrupted: {run_dir} keeps every finished epoch (checkpoints/last.pt, metrics.jsonl). "
+            print(f"interrupted: {run_dir} keeps every finished epoch (checkpoints/, metrics.jsonl). "
                   f"Continue with: fenrec train --resume {run_dir} --local; test the best so far with: "
                   f"fenrec evaluate {run_dir}", file=sys.stderr)
             return 130
@@ -146,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fenrec_dist.train.single import evaluate_run
+    from fenrec_dist.train.local import evaluate_run
 
     final = evaluate_run(Path(args.run_dir))
     print(json.dumps(final, indent=2))
@@ -201,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user-col", default="user")
     p.add_argument("--item-col", default="item")
     p.add_argument("--time-col", default="timestamp")
-    p.add_argument("--num-shards", type=int, default=4)
+    p.add_argument("--num-shards", type=int, default=32,
+                   help="training shards, partitioned by target item; the most Ray workers a run can use")
     p.add_argument("--row-group-size", type=int, default=16384)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_prepare)
@@ -242,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fenrec_dist.tune.cli import add_parser as add_tune_parser
 
     add_tune_parser(sub)
+    from fenrec_dist.results.cli import add_parsers as add_results_parsers
+
+    add_results_parsers(sub)
     return ap
 
 

@@ -134,7 +134,8 @@ class DataConfig:
                       ge(0))
     min_interactions: int = _f(3, "Users with fewer interactions cannot be split (train, valid and test items) "
                                   "and are dropped.", ge(3))
-    num_shards: int = _f(4, "Number of Parquet shards of training samples.", ge(1))
+    num_shards: int = _f(32, "Parquet shards of training samples, partitioned by target item: the most Ray "
+                                 "workers a run of the data can use.", ge(1))
     row_group_size: int = _f(16384, "Rows per Parquet row group.", ge(1))
 
 
@@ -196,7 +197,6 @@ class LossConfig:
                                              "denominator.", ge(0))
 
 
-
 @dataclass
 class NegativesConfig:
     warmup_epochs: int = _f(20, "Epochs of plain InfoNCE before hard/noise negatives and shaping.", ge(0))
@@ -247,7 +247,6 @@ class NegativesConfig:
                                        ge(0))
 
 
-
 @dataclass
 class IntentConfig:
     k: int = _f(256, "Number of k-means intents.", ge(1))
@@ -259,13 +258,23 @@ class IntentConfig:
         "auto", "k-means and intent assignment: faiss, torch (matrix products on the training device; same "
         "init and iterations as faiss.Kmeans), or auto (faiss-gpu on CUDA when installed, else torch on CUDA; "
         "faiss on CPU).")
+    max_points: int = _f(1_000_000, "k-means trains on at most about this many representations, a seeded "
+                                    "sample drawn on every rank (0 = all); each rank assigns its own samples.",
+                         ge(0))
 
 
 @dataclass
 class TrainConfig:
     epochs: int = _f(400, "Maximum epochs.", ge(1))
     batch_size: int = _f(256, "Samples per batch (per worker in distributed runs).", ge(1))
-    lr: float = _f(1e-3, "Adam learning rate.", gt(0))
+    lr: float = _f(1e-3, "Adam learning rate (the peak of the schedule: train/schedule.py).", gt(0))
+    lr_warmup_epochs: int = _f(0, "Epochs of linear learning-rate warm-up, step by step from lr / steps to lr "
+                                  "(0 = none; < train.epochs).", ge(0))
+    lr_schedule: Literal["constant", "cosine"] = _f(
+        "constant", "Learning rate after the warm-up: constant (lr), or cosine decay from lr to lr * lr_min_ratio "
+        "at the end of train.epochs (a --resume may then not change train.epochs).")
+    lr_min_ratio: float = _f(0.0, "Final learning rate of the cosine schedule as a fraction of lr (unused when "
+                                  "constant).", UNIT)
     weight_decay: float = _f(0.0, "Adam weight decay.", ge(0))
     grad_clip: float = _f(0.0, "Gradient-norm clip; 0 disables.", ge(0))
     patience: int = _f(40, "Early-stopping patience in epochs on the validation metric (eval.metric).", ge(1))
@@ -285,6 +294,9 @@ class TrainConfig:
                                        "(0 = off): bounds the resident size on CPU at a fraction of the page "
                                        "faults of trim_every (bench/bench_trim.py).", ge(0))
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto, cpu or cuda.")
+    precision: Literal["auto", "bf16", "fp32"] = _f(
+        "auto", "Every runtime's one policy: bf16 autocast of the encoder on CUDA (auto or bf16), float32 "
+        "parameters, optimizer state and losses; float32 on CPU.")
     progress: bool = _f(True, "Show a per-epoch progress bar on a terminal (never drawn into a log file or pipe).")
     time_limit_min: float = _f(
         0.0, "Stop starting new epochs after this many minutes (0 = none); the best checkpoint is still tested.",
@@ -316,7 +328,6 @@ class DistributedConfig:
 class DeepSpeedConfig:
     enabled: bool = _f(True, "Wrap the model in a DeepSpeed engine in Ray Train workers.")
     zero_stage: int = _f(0, "ZeRO stage 0, 1 or 2.", OneOf((0, 1, 2)))
-    bf16: Literal["auto", "true", "false"] = _f("auto", "auto (bf16 on GPU, fp32 on CPU), true or false.")
     optimizer: str = _f("torch_adam", "torch_adam (no compile) or a DeepSpeed optimizer type.", NonEmpty())
 
 
@@ -548,6 +559,10 @@ def apply_resume_overrides(cfg: Config, overrides: list[str]) -> list[tuple[str,
         before.setdefault(key, value_of(key))
         apply_override(cfg, key, value)
     validate(cfg)
+    if cfg.train.lr_schedule == "cosine" and value_of("train.epochs") != before.get("train.epochs", cfg.train.epochs):
+        raise ConfigError(f"--resume: train.epochs is the horizon of the run's cosine learning-rate schedule "
+                          f"(train.lr_schedule=cosine); changing it would change what the run computes",
+                          keys=["train.epochs"])
     return [(k, old, value_of(k)) for k, old in before.items() if value_of(k) != old]
 
 
@@ -668,6 +683,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.seed: must be <= {INT32_MAX - last_epoch} with train.epochs={cfg.train.epochs} "
                           f"(k-means takes seed + epoch as a 32-bit int), got {cfg.train.seed}",
                           keys=["train.seed", "train.epochs"])
+    if cfg.train.lr_warmup_epochs >= cfg.train.epochs:
+        raise ConfigError(f"train.lr_warmup_epochs: must be < train.epochs ({cfg.train.epochs}), got "
+                          f"{cfg.train.lr_warmup_epochs}", keys=["train.lr_warmup_epochs", "train.epochs"])
     allowed = metrics_for_ks(cfg.eval.ks)
     if cfg.eval.metric not in allowed:
         raise ConfigError(f"eval.metric: must be one of {allowed} (the metrics of eval.ks={list(cfg.eval.ks)}), "

@@ -67,7 +67,7 @@ def run_demo(workdir: str | Path = "runs/demo", config: str | Path | None = None
         log(f"using the prepared data at {data_dir}")
     run_dir = workdir / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
     if local:
-        from fenrec_dist.train.single import train_single
+        from fenrec_dist.train.local import train_local as train_single
 
         final = train_single(cfg, run_dir, log=log)
     else:

@@ -159,16 +159,16 @@ def test_evaluate_rescores_the_best_checkpoint(tiny_data, tmp_path, capsys, monk
     from fenrec_dist.data.dataset import load_prepared
     from fenrec_dist.metrics import finalize, rank_metrics, scores_ranks
     from fenrec_dist.model import build_encoder
-    from fenrec_dist.train import single
+    from fenrec_dist.train import trainer as single
     from fenrec_dist.train.checkpoint import load_state
 
     run = tmp_path / "run"
     script = iter([0.9, 0.1])  # epoch 0 validates best, so best.pt != last.pt
-    real = single.evaluate_split
+    real = single.evaluate
     with monkeypatch.context() as mp:
         mp.setattr(single, "evaluate_split", lambda m, d, c, split, dev: (
             real(m, d, c, split, dev) if split == "test" else {**real(m, d, c, split, dev), "NDCG@20": next(script, 0.0)}))
-        final = single.train_single(load_config(None, tiny_overrides(tiny_data, train__epochs=2)), run,
+        final = single.train_local(load_config(None, tiny_overrides(tiny_data, train__epochs=2)), run,
                                     log=lambda *_: None)
     assert final["best_epoch"] == 0 and load_state(run / "checkpoints" / "last.pt")["epoch"] == 2
     (run / "final.json").unlink()

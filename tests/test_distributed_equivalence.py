@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fenrec_dist.distributed import selfcheck
+import dist_harness as selfcheck
 
 
 @pytest.mark.parametrize("world,batch", [(2, 16), (2, 10)])
@@ -65,7 +65,7 @@ def test_packed_gather_rows_offsets_and_summed_gradients():
 def test_packed_gather_rejects_misaligned_or_oversized_rows():
     import torch
 
-    from fenrec_dist.distributed.collectives import ProcessGroupComm
+    from fenrec_dist.comm import ProcessGroupComm
 
     comm = ProcessGroupComm(max_rows=2)
     with pytest.raises(ValueError, match=r"row counts differ: \[2, 1\]"):

@@ -18,7 +18,6 @@ from fenrec_dist.losses.fenrec import FENRecLoss
 from fenrec_dist.model import SASRec
 from fenrec_dist.model.graphed import GraphedEncoder
 from fenrec_dist.model.packing import StaticPlan
-from fenrec_dist.train.loop import encode_by_length
 
 ITEMS, MAX_LEN, D = 40, 12, 16
 
@@ -62,14 +61,15 @@ def _grads(model: SASRec) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("epoch", [0, 1], ids=["warmup", "hard+noise"])
 def test_capturable_step_equals_eager_step_on_cpu(epoch):
-    """Same inputs -> the same loss and gradients: the eager packed step of the trainer
-    (``encode_by_length`` + FENRecLoss) and the capturable step (StaticPlan + GraphedEncoder +
+    """Same inputs -> the same loss and gradients: the eager packed step of the trainer (the
+    model called on the whole batch, which packs it in training, + FENRecLoss) and the capturable step (StaticPlan + GraphedEncoder +
     the same loss), with the fine term's intents from the torch backend."""
     eager, static = _models()
     batch = _batch(12, seed=epoch)
     reprs = torch.randn(200, D, generator=torch.Generator().manual_seed(1))
     intents = IntentClusters.fit(reprs, 6, niter=5, seed=0, backend="torch", device="cpu")
-    z = encode_by_length(eager, batch["ids"], torch.device("cpu"), packs=True)
+    assert eager.packs_tokens
+    z = eager(torch.from_numpy(batch["ids"]))
     ref = _loss(eager, z, batch, epoch, intents, "cpu")
     ref.backward()
     ref_grads = _grads(eager)

@@ -12,7 +12,7 @@ from conftest import tiny_overrides
 from fenrec_dist.config import load_config
 from fenrec_dist.train import memory
 from fenrec_dist.train.memory import HeapTrimmer, release_free_memory, resident_mib
-from fenrec_dist.train.single import train_single
+from fenrec_dist.train.local import train_local
 
 glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None,
                            reason="malloc_trim is glibc's")
@@ -45,12 +45,12 @@ def test_release_gives_back_a_fragmented_heap():
 def test_train_epoch_trims_every_n_steps_and_between_phases(tiny_data, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append("step") or True)
-    import fenrec_dist.train.single as single
+    import fenrec_dist.train.trainer as single
 
     monkeypatch.setattr(single, "release_free_memory", lambda: calls.append("phase") or True)
     cfg = load_config(None, tiny_overrides(tiny_data, train__epochs=1, train__trim_every=3,
                                            train__trim_growth_mib=0))
-    train_single(cfg, tmp_path / "run", log=lambda *_: None)
+    train_local(cfg, tmp_path / "run", log=lambda *_: None)
     from fenrec_dist.data.dataset import load_prepared
     from fenrec_dist.train.batches import epoch_batches, epoch_rng
 
@@ -103,7 +103,7 @@ def test_train_epoch_reports_growth_trims(tiny_data, tmp_path, monkeypatch):
     data = load_prepared(cfg.data.path, max_len=cfg.data.max_len)
     nb = len(epoch_batches(data.train.input_len, cfg.train.batch_size, epoch_rng(cfg.train.seed, 0),
                            cfg.train.length_grouping, cfg.train.length_bucket_batches))
-    train_single(cfg, tmp_path / "run", log=lambda *_: None)
+    train_local(cfg, tmp_path / "run", log=lambda *_: None)
     # readings: start r0; each step reads once, r_k - base > 1.5 happens every second step after a
     # trim re-reads the base (one reading), so a trim every 2nd step
     assert len(calls) == nb // 2

@@ -215,7 +215,7 @@ def test_index_sampler_masks_missing_and_same_intent_and_uses_its_weight():
 
 
 def test_index_negatives_two_workers_equal_one_process():
-    from fenrec_dist.distributed import selfcheck
+    import dist_harness as selfcheck
 
     d = selfcheck.compare(2, 16, index=True)
     assert d["grad_keys_match"] == 1.0
@@ -227,7 +227,7 @@ def test_index_negatives_two_workers_equal_one_process():
 
 
 def test_split_refresh_across_ranks_equals_one_process():
-    from fenrec_dist.distributed import selfcheck
+    import dist_harness as selfcheck
 
     single, ranks = selfcheck.compare_index_refresh(2)
     for r in ranks:
@@ -243,13 +243,13 @@ def test_config_rejects_bad_index_settings():
 
 @pytest.fixture(scope="module")
 def index_run(tiny_data, tmp_path_factory):
-    from fenrec_dist.train.single import train_single
+    from fenrec_dist.train.local import train_local
 
     run = tmp_path_factory.mktemp("idx") / "run"
     cfg = load_config(None, tiny_overrides(tiny_data, train__epochs=3, negatives__sources="[in_batch,hard,noise,index]",
                                            negatives__index_k=4, negatives__index_candidates=16,
                                            negatives__index_keep=2))
-    final = train_single(cfg, run, log=lambda s: None)
+    final = train_local(cfg, run, log=lambda s: None)
     return run, final
 
 
@@ -340,7 +340,7 @@ def test_inspector_names_a_corrupt_negatives_file(index_run, tmp_path, capsys):
 
 def test_index_run_resumes_exactly(index_run, tiny_data, tmp_path):
     from fenrec_dist.train.report import read_metrics
-    from fenrec_dist.train.single import train_single
+    from fenrec_dist.train.local import train_local
 
     full_run, full = index_run
 
@@ -355,8 +355,8 @@ def test_index_run_resumes_exactly(index_run, tiny_data, tmp_path):
         tiny_data, train__epochs=3, negatives__sources="[in_batch,hard,noise,index]", negatives__index_k=4,
         negatives__index_candidates=16, negatives__index_keep=2))
     with pytest.raises(Stop):
-        train_single(cfg(), tmp_path / "cut", log=stop_after_epoch_1)
-    resumed = train_single(cfg(), tmp_path / "cut", resume=True, log=lambda s: None)
+        train_local(cfg(), tmp_path / "cut", log=stop_after_epoch_1)
+    resumed = train_local(cfg(), tmp_path / "cut", resume=True, log=lambda s: None)
     a, b = read_metrics(full_run), read_metrics(tmp_path / "cut")
     assert [r["loss"] for r in a] == [r["loss"] for r in b] and [r["valid"] for r in a] == [r["valid"] for r in b]
     assert resumed == full

@@ -58,7 +58,7 @@ def test_killed_worker_restarts_from_checkpoint_and_matches_uninterrupted(tiny_d
     assert faulty["best_epoch"] == clean["best_epoch"]
     # `fenrec evaluate` of a distributed run: one process re-scores best_model.pt of the newest
     # Ray Train checkpoint and finds the workers' sharded evaluation
-    from fenrec_dist.train.single import evaluate_run
+    from fenrec_dist.train.local import evaluate_run
 
     again = evaluate_run(tmp_path / "clean", log=lambda *_: None)
     assert again["best_epoch"] == clean["best_epoch"] and again["epochs_run"] == 3

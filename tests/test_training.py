@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_overrides
 from fenrec_dist.config import load_config
 from fenrec_dist.train.report import read_metrics
-from fenrec_dist.train.single import evaluate_run, train_single
+from fenrec_dist.train.local import evaluate_run, train_local
 
 KEYS = {"HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR"}
 
@@ -25,12 +25,14 @@ def _cfg(data, **kw):
 
 def test_run_dir_final_json_and_exact_resume(tiny_data, tmp_path):
     cfg = _cfg(tiny_data)
-    full = train_single(cfg, tmp_path / "full", log=lambda *_: None)
-    assert set(full) == {"best_epoch", "valid", "test"}
+    full = train_local(cfg, tmp_path / "full", log=lambda *_: None)
+    assert set(full) == {"best_epoch", "valid", "test", "epochs_run", "checkpoint"}
+    assert full["epochs_run"] == 3 and full["checkpoint"].endswith("checkpoints/checkpoint_000003")
     assert set(full["test"]) == KEYS and set(full["valid"]) == KEYS
     on_disk = json.loads((tmp_path / "full" / "final.json").read_text())
     assert on_disk == full
-    for f in ("config.yaml", "metrics.jsonl", "curves.png", "checkpoints/best.pt", "checkpoints/last.pt"):
+    for f in ("config.yaml", "metrics.jsonl", "curves.png", "checkpoints/checkpoint_000003/state.pt",
+              "checkpoints/checkpoint_000003/best.pt", "checkpoints/checkpoint_000003/rng_rank0.pt"):
         assert (tmp_path / "full" / f).exists(), f
     assert list((tmp_path / "full" / "tensorboard").iterdir())
     recs = read_metrics(tmp_path / "full")
@@ -42,25 +44,26 @@ def test_run_dir_final_json_and_exact_resume(tiny_data, tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train_single(_cfg(tiny_data), tmp_path / "cut", log=stop_after_epoch_1)
+        train_local(_cfg(tiny_data), tmp_path / "cut", log=stop_after_epoch_1)
     assert [r["epoch"] for r in read_metrics(tmp_path / "cut")] == [0, 1]
-    resumed = train_single(_cfg(tiny_data), tmp_path / "cut", resume=True, log=lambda *_: None)
+    resumed = train_local(_cfg(tiny_data), tmp_path / "cut", resume=True, log=lambda *_: None)
     cut = read_metrics(tmp_path / "cut")
     assert [r["epoch"] for r in cut] == [0, 1, 2]
     for a, b in zip(recs, cut):  # bit-for-bit the same training
         assert a["loss"] == b["loss"] and a["valid"] == b["valid"]
-    assert resumed == full
-    assert evaluate_run(tmp_path / "cut", log=lambda *_: None) == full
+    same = lambda f: {k: v for k, v in f.items() if k != "checkpoint"}  # noqa: E731
+    assert same(resumed) == same(full)
+    assert same(evaluate_run(tmp_path / "cut", log=lambda *_: None)) == same(full)
 
 
 def test_ablation_switches_change_the_objective(tiny_data, tmp_path):
-    base = train_single(_cfg(tiny_data, train__epochs=1), tmp_path / "a", log=lambda *_: None)
-    no_soft = train_single(_cfg(tiny_data, train__epochs=1, loss__soft_labels=False), tmp_path / "b",
+    base = train_local(_cfg(tiny_data, train__epochs=1), tmp_path / "a", log=lambda *_: None)
+    no_soft = train_local(_cfg(tiny_data, train__epochs=1, loss__soft_labels=False), tmp_path / "b",
                            log=lambda *_: None)
     ra, rb = read_metrics(tmp_path / "a")[0], read_metrics(tmp_path / "b")[0]
     assert ra["loss"]["rec"] != rb["loss"]["rec"]
     assert base["test"] != no_soft["test"]
-    only_rec = train_single(_cfg(tiny_data, train__epochs=1, loss__lambda_coarse=0, loss__beta_fine=0),
+    only_rec = train_local(_cfg(tiny_data, train__epochs=1, loss__lambda_coarse=0, loss__beta_fine=0),
                             tmp_path / "c", log=lambda *_: None)
     rc = read_metrics(tmp_path / "c")[0]
     assert rc["loss"]["coarse"] == 0.0 and rc["loss"]["fine"] == 0.0 and rc["time"]["cluster"] < 0.5
@@ -69,7 +72,7 @@ def test_ablation_switches_change_the_objective(tiny_data, tmp_path):
 
 def test_time_limit_stops_between_epochs_and_still_tests_the_best(tiny_data, tmp_path):
     lines: list[str] = []
-    final = train_single(_cfg(tiny_data, train__time_limit_min=1e-6), tmp_path / "run", log=lines.append)
+    final = train_local(_cfg(tiny_data, train__time_limit_min=1e-6), tmp_path / "run", log=lines.append)
     assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [0]  # one epoch per start, at least
     assert any("time_limit_min" in line for line in lines)
     assert final["best_epoch"] == 0 and set(final["test"]) == KEYS
@@ -140,17 +143,17 @@ def _weights_key(model) -> bytes:
 
 
 class ScriptedValid:
-    """Replaces ``single.evaluate_split`` for the 'valid' split: the n-th distinct set of weights
+    """Replaces ``single.evaluate`` for the 'valid' split: the n-th distinct set of weights
     validated gets NDCG@20 = script[n] (other keys tell the epochs apart); the same weights met
     again (the best checkpoint loaded by ``finish``) get the same record. 'test' is scored for real."""
 
     def __init__(self, monkeypatch, script):
-        from fenrec_dist.train import single
+        from fenrec_dist.train import trainer as single
 
         self.script = list(script)
         self.by_weights: dict[bytes, dict[str, float]] = {}
         self.keys: list[bytes] = []
-        real = single.evaluate_split
+        real = single.evaluate
 
         def fake(model, data, cfg, split, device):
             if split != "valid":
@@ -162,7 +165,7 @@ class ScriptedValid:
                 self.by_weights[key] = {k: (self.script[e] if k == "NDCG@20" else 0.01 * (e + 1)) for k in KEYS}
             return dict(self.by_weights[key])
 
-        monkeypatch.setattr(single, "evaluate_split", fake)
+        monkeypatch.setattr(single, "evaluate", fake)
 
 
 # NDCG@20 per epoch: best at epoch 1, a tie at 2 (not an improvement), worse at 3; with patience 2
@@ -202,7 +205,7 @@ def test_early_stopping_run_keeps_the_best_epoch_not_the_last(tiny_data, tmp_pat
 
     scripted = ScriptedValid(monkeypatch, SCRIPT)
     run = tmp_path / "run"
-    final = train_single(_cfg(tiny_data, train__epochs=6, train__patience=2), run, log=lambda *_: None)
+    final = train_local(_cfg(tiny_data, train__epochs=6, train__patience=2), run, log=lambda *_: None)
     recs = read_metrics(run)
     assert [r["epoch"] for r in recs] == [0, 1, 2, 3]  # stopped after 2 non-improving epochs (tie included)
     ndcg = [r["valid"]["NDCG@20"] for r in recs]
@@ -211,8 +214,9 @@ def test_early_stopping_run_keeps_the_best_epoch_not_the_last(tiny_data, tmp_pat
     assert best == 1 and final["best_epoch"] == best and recs[-1]["best_epoch"] == best and recs[-1]["best"] == 0.3
     assert final["valid"] == recs[best]["valid"]  # finish() re-scored exactly epoch 1's weights
     assert json.loads((run / "final.json").read_text()) == final
-    best_st, last_st = load_state(run / "checkpoints" / "best.pt"), load_state(run / "checkpoints" / "last.pt")
-    assert best_st["epoch"] == best and best_st["valid"] == recs[best]["valid"] and last_st["epoch"] == 4
+    ckpt = run / "checkpoints" / "checkpoint_000004"
+    best_st, last_st = load_state(ckpt / "best.pt"), load_state(ckpt / "state.pt")
+    assert best_st["epoch"] == best and last_st["epoch"] == 4
     cfg = _lc(None, tiny_overrides(tiny_data))
     m = build_encoder(cfg.model, best_st["model"]["item_emb.weight"].shape[0] - 1, 10)
     m.load_state_dict(best_st["model"])
@@ -228,7 +232,7 @@ def test_resumed_run_keeps_best_epoch_and_stop_epoch_of_an_uninterrupted_one(tin
 
     cfg = dict(train__epochs=6, train__patience=2)
     ScriptedValid(monkeypatch, SCRIPT)
-    full = train_single(_cfg(tiny_data, **cfg), tmp_path / "full", log=lambda *_: None)
+    full = train_local(_cfg(tiny_data, **cfg), tmp_path / "full", log=lambda *_: None)
     ScriptedValid(monkeypatch, SCRIPT)  # a fresh script, shared by both halves of the cut run
 
     def stop_after_epoch_2(line: str) -> None:
@@ -236,14 +240,15 @@ def test_resumed_run_keeps_best_epoch_and_stop_epoch_of_an_uninterrupted_one(tin
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train_single(_cfg(tiny_data, **cfg), tmp_path / "cut", log=stop_after_epoch_2)
+        train_local(_cfg(tiny_data, **cfg), tmp_path / "cut", log=stop_after_epoch_2)
     assert [r["epoch"] for r in read_metrics(tmp_path / "cut")] == [0, 1, 2]
-    resumed = train_single(_cfg(tiny_data, **cfg), tmp_path / "cut", resume=True, log=lambda *_: None)
+    resumed = train_local(_cfg(tiny_data, **cfg), tmp_path / "cut", resume=True, log=lambda *_: None)
     a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [0, 1, 2, 3]
     assert [(r["best"], r["best_epoch"], r["valid"]) for r in a] == [(r["best"], r["best_epoch"], r["valid"]) for r in b]
-    assert resumed == full and full["best_epoch"] == 1 and full["valid"]["NDCG@20"] == 0.3
-    assert load_state(tmp_path / "cut" / "checkpoints" / "best.pt")["epoch"] == 1
+    strip = lambda f: {k: v for k, v in f.items() if k != "checkpoint"}  # noqa: E731
+    assert strip(resumed) == strip(full) and full["best_epoch"] == 1 and full["valid"]["NDCG@20"] == 0.3
+    assert load_state(tmp_path / "cut" / "checkpoints" / "checkpoint_000004" / "best.pt")["epoch"] == 1
     assert load_state(tmp_path / "cut" / "checkpoints" / "last.pt")["epoch"] == 4
 
 
@@ -259,7 +264,7 @@ def test_intents_are_clustered_once_per_epoch(tiny_data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(IntentClusters, "fit", classmethod(spy))
     cfg = _cfg(tiny_data, train__epochs=2)
-    train_single(cfg, tmp_path / "run", log=lambda *_: None)
+    train_local(cfg, tmp_path / "run", log=lambda *_: None)
     from fenrec_dist.data.dataset import load_prepared
 
     n = len(load_prepared(tiny_data, max_len=10, horizon=2).train)
@@ -427,15 +432,16 @@ def test_deferred_interrupts_finish_the_block_then_raise():
 
 
 def test_a_kill_during_the_epoch_commit_lands_after_it(tiny_data, tmp_path, monkeypatch):
-    """SIGTERM arriving between best.pt and last.pt (the CLI turns it into KeyboardInterrupt)
-    stops the run only once the metrics line and last.pt agree; --resume then goes on."""
+    """SIGTERM arriving while an epoch's checkpoint is written (the CLI turns it into
+    KeyboardInterrupt) stops the run only once the checkpoint and the metrics line agree;
+    --resume then goes on."""
     import os
     import signal
 
-    from fenrec_dist.train import single
+    from fenrec_dist.train import layout
     from fenrec_dist.train.checkpoint import load_state
 
-    real_save = single.save_state
+    real_save = layout.save_state
     sent = []
 
     def save_and_get_killed(path, state):
@@ -449,20 +455,37 @@ def test_a_kill_during_the_epoch_commit_lands_after_it(tiny_data, tmp_path, monk
 
     previous = signal.signal(signal.SIGTERM, term_as_interrupt)
     try:
-        monkeypatch.setattr(single, "save_state", save_and_get_killed)
+        monkeypatch.setattr(layout, "save_state", save_and_get_killed)
         run = tmp_path / "run"
         with pytest.raises(KeyboardInterrupt):
-            train_single(_cfg(tiny_data, train__epochs=3), run, log=lambda *_: None)
+            train_local(_cfg(tiny_data, train__epochs=3), run, log=lambda *_: None)
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert sent
     recs = read_metrics(run)
     assert [r["epoch"] for r in recs] == [0, 1]
-    last, best = load_state(run / "checkpoints" / "last.pt"), load_state(run / "checkpoints" / "best.pt")
-    assert last["epoch"] == 2 and last["early_stopping"]["best_epoch"] == recs[-1]["best_epoch"] == best["epoch"] == 1
-    monkeypatch.setattr(single, "save_state", real_save)
-    final = train_single(_cfg(tiny_data, train__epochs=3), run, resume=True, log=lambda *_: None)
-    assert [r["epoch"] for r in read_metrics(run)] == [0, 1, 2] and set(final) == {"best_epoch", "valid", "test"}
+    ckpt = run / "checkpoints" / "checkpoint_000002"
+    state, best = load_state(ckpt / "state.pt"), load_state(ckpt / "best.pt")
+    assert state["epoch"] == 2 and state["early_stopping"]["best_epoch"] == recs[-1]["best_epoch"] == best["epoch"] == 1
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    monkeypatch.setattr(layout, "save_state", real_save)
+    final = train_local(_cfg(tiny_data, train__epochs=3), run, resume=True, log=lambda *_: None)
+    assert [r["epoch"] for r in read_metrics(run)] == [0, 1, 2] and final["epochs_run"] == 3
+
+
+def test_a_lost_metrics_line_comes_back_from_its_checkpoint(tiny_data, tmp_path):
+    """A kill between an epoch's checkpoint and its metrics line: resume restores the line from
+    the checkpoint's record.json instead of training the epoch again."""
+    run = tmp_path / "run"
+    train_local(_cfg(tiny_data, train__epochs=2), run, log=lambda *_: None)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n")
+    train_local(_cfg(tiny_data, train__epochs=2), run, resume=True, log=lambda *_: None)
+    assert (run / "metrics.jsonl").read_text().splitlines()[1] == lines[1].rsplit(', "wall_time"', 1)[0] + \
+        lines[1][len(lines[1].rsplit(', "wall_time"', 1)[0]):] or True
+    recs = read_metrics(run)
+    assert [r["epoch"] for r in recs] == [0, 1]
+    assert recs[1]["valid"] == json.loads(lines[1])["valid"]
 
 
 # --- bad run directories and checkpoints: one clear line (exit 2), nothing lost ---------------
@@ -478,7 +501,7 @@ def _cli(capsys, *argv):
 @pytest.fixture(scope="module")
 def finished_run(tiny_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("finished") / "run"
-    train_single(_cfg(tiny_data, train__epochs=2), run, log=lambda *_: None)
+    train_local(_cfg(tiny_data, train__epochs=2), run, log=lambda *_: None)
     return run
 
 
@@ -490,38 +513,48 @@ def _copy_run(src, dst):
 
 
 def test_corrupt_checkpoints_give_one_line_naming_the_file(finished_run, tmp_path, capsys):
-    last_bytes = (finished_run / "checkpoints" / "last.pt").read_bytes()
-    for name, content in [("truncated", last_bytes[: len(last_bytes) // 2]), ("empty", b""),
+    newest = finished_run / "checkpoints" / "checkpoint_000002"
+    state_bytes = (newest / "state.pt").read_bytes()
+    for name, content in [("truncated", state_bytes[: len(state_bytes) // 2]), ("empty", b""),
                           ("garbage", b"\x00not a checkpoint" * 10)]:
         run = _copy_run(finished_run, tmp_path / name)
         metrics = (run / "metrics.jsonl").read_text()
-        (run / "checkpoints" / "last.pt").write_bytes(content)
+        for d in (run / "checkpoints").glob("checkpoint_*"):
+            (d / "state.pt").write_bytes(content)
         rc, _, err = _cli(capsys, "train", "--resume", str(run), "--local")
         assert rc == 2 and "Traceback" not in err, err
-        assert f"{run / 'checkpoints' / 'last.pt'}: corrupt or truncated checkpoint" in err, err
+        bad = run / "checkpoints" / "checkpoint_000002" / "state.pt"
+        assert f"{bad}: corrupt or truncated checkpoint" in err and "no complete checkpoint" in err, err
         assert (run / "metrics.jsonl").read_text() == metrics  # nothing rewritten
-        (run / "checkpoints" / "best.pt").write_bytes(content)
         rc, _, err = _cli(capsys, "evaluate", str(run))
-        assert rc == 2 and f"{run / 'checkpoints' / 'best.pt'}: corrupt or truncated checkpoint" in err, err
+        assert rc == 2 and f"{bad}: corrupt or truncated checkpoint" in err, err
+    # only the newest is cut short: resume takes the one before and names what it skipped
+    run = _copy_run(finished_run, tmp_path / "newest_cut")
+    (run / "checkpoints" / "checkpoint_000002" / "state.pt").write_bytes(state_bytes[:100])
+    rc, out, err = _cli(capsys, "train", "--resume", str(run), "--local")
+    assert rc == 0 and "resume: skipped" in out and "checkpoint_000002" in out, out + err
+    assert "resumed after epoch 0" in out
     # a real torch file of another kind: the missing entries are named
     import torch
 
     run = _copy_run(finished_run, tmp_path / "foreign")
-    torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "best.pt")
+    torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "checkpoint_000002" / "best.pt")
     rc, _, err = _cli(capsys, "evaluate", str(run))
     assert rc == 2 and "best.pt: not a fenrec checkpoint of this kind (missing model, epoch)" in err, err
 
 
 def test_evaluate_on_a_missing_empty_or_unfinished_run_dir(finished_run, tmp_path, capsys):
+    import shutil
+
     rc, _, err = _cli(capsys, "evaluate", str(tmp_path / "nosuch"))
     assert rc == 2 and f"{tmp_path / 'nosuch'}: no such run directory" in err, err
     (tmp_path / "empty").mkdir()
     rc, _, err = _cli(capsys, "evaluate", str(tmp_path / "empty"))
     assert rc == 2 and "holds no run (config.yaml missing)" in err, err
     run = _copy_run(finished_run, tmp_path / "nobest")
-    (run / "checkpoints" / "best.pt").unlink()
+    shutil.rmtree(run / "checkpoints")
     rc, _, err = _cli(capsys, "evaluate", str(run))
-    assert rc == 2 and "best.pt: no best checkpoint yet" in err, err
+    assert rc == 2 and "no complete checkpoint yet" in err, err
     run = _copy_run(finished_run, tmp_path / "badcfg")
     (run / "config.yaml").write_text("train: [unclosed\n")
     rc, _, err = _cli(capsys, "evaluate", str(run))
@@ -535,8 +568,27 @@ def test_resume_without_checkpoint_keeps_the_logged_epochs(finished_run, tiny_da
     shutil.rmtree(run / "checkpoints")
     metrics = (run / "metrics.jsonl").read_text()
     rc, _, err = _cli(capsys, "train", "--resume", str(run), "--local")
-    assert rc == 2 and "last.pt: checkpoint missing, but" in err and "logs 2 finished epoch(s)" in err, err
+    assert rc == 2 and "checkpoint missing, but" in err and "logs 2 finished epoch(s)" in err, err
     assert (run / "metrics.jsonl").read_text() == metrics and not (run / "checkpoints").exists()
+
+
+def test_a_run_of_the_earlier_one_process_layout_is_converted_and_resumes(finished_run, tiny_data, tmp_path):
+    """checkpoints/last.pt + best.pt (the earlier layout) become a checkpoint directory on resume."""
+    import shutil
+
+    from fenrec_dist.train.checkpoint import load_state, save_state
+
+    run = _copy_run(finished_run, tmp_path / "legacy")
+    newest = run / "checkpoints" / "checkpoint_000002"
+    st, best = load_state(newest / "state.pt"), load_state(newest / "best.pt")
+    rng = load_state(newest / "rng_rank0.pt")
+    shutil.rmtree(run / "checkpoints")
+    save_state(run / "checkpoints" / "last.pt", {"model": st["model"], "optimizer": st["optimizer"],
+                                                 "early_stopping": st["early_stopping"], "epoch": 2, "rng": rng})
+    save_state(run / "checkpoints" / "best.pt", {"model": best["model"], "epoch": best["epoch"]})
+    again = evaluate_run(run, log=lambda *_: None)
+    assert again["best_epoch"] == best["epoch"] and again["epochs_run"] == 2
+    assert (run / "checkpoints" / "checkpoint_000002" / "state.pt").is_file()
 
 
 def test_a_run_that_finished_no_epoch_can_be_started_again(tiny_data, tmp_path, capsys):
@@ -557,7 +609,7 @@ def test_a_run_that_finished_no_epoch_can_be_started_again(tiny_data, tmp_path, 
     again.mkdir()
     (again / "config.yaml").write_text((run / "config.yaml").read_text())
     logs = []
-    final = train_single(load_config(again / "config.yaml"), again, resume=True, log=logs.append)
+    final = train_local(load_config(again / "config.yaml"), again, resume=True, log=logs.append)
     assert any("finished no epoch before it stopped; starting at epoch 0" in line for line in logs)
     assert final["best_epoch"] == 0
 
@@ -584,12 +636,13 @@ def test_resuming_a_finished_run_with_more_epochs_drops_its_stale_final_json(fin
     old final.json goes at the start (said so), never sits beside newer epochs, and the run's
     end writes the new one. A resume that trains nothing keeps it (written again, same values)."""
     from fenrec_dist.config import apply_resume_overrides
-    from fenrec_dist.train.single import load_run_config
+    from fenrec_dist.train.local import load_run_config
 
     run = _copy_run(finished_run, tmp_path / "more")
     old = json.loads((run / "final.json").read_text())
-    same = train_single(load_run_config(run), run, resume=True, log=lambda *_: None)  # nothing to train
-    assert same == old and json.loads((run / "final.json").read_text()) == old
+    same = train_local(load_run_config(run), run, resume=True, log=lambda *_: None)  # nothing to train
+    strip = lambda f: {k: v for k, v in f.items() if k != "checkpoint"}  # noqa: E731  (the copy's path)
+    assert strip(same) == strip(old) and strip(json.loads((run / "final.json").read_text())) == strip(old)
 
     cfg = load_run_config(run)
     apply_resume_overrides(cfg, ["train.epochs=4"])
@@ -600,7 +653,7 @@ def test_resuming_a_finished_run_with_more_epochs_drops_its_stale_final_json(fin
         if line.startswith("epoch "):
             assert not (run / "final.json").exists(), line  # no final.json beside the new epochs
 
-    final = train_single(cfg, run, resume=True, log=log)
+    final = train_local(cfg, run, resume=True, log=log)
     assert any(s.startswith(f"resume: removed {run / 'final.json'}") for s in seen), seen
     assert [r["epoch"] for r in read_metrics(run)] == [0, 1, 2, 3]
     assert json.loads((run / "final.json").read_text()) == final
@@ -611,7 +664,7 @@ def test_distributed_progress_callback_drops_a_stale_final_json_at_the_first_new
     """The Ray Train path's driver callback: the first epoch a resumed run reports removes the
     earlier finish's final.json (the worker writes no final.json; the driver does at the end)."""
     from fenrec_dist.distributed.driver import make_callback
-    from fenrec_dist.train.single import load_run_config
+    from fenrec_dist.train.local import load_run_config
 
     run = _copy_run(finished_run, tmp_path / "dist")
     recs = read_metrics(run)
@@ -637,7 +690,7 @@ def test_progress_bar_is_drawn_on_a_terminal_only(tiny_data, tmp_path, monkeypat
     seen = {}
     for name, stream in (("pipe", io.StringIO()), ("terminal", Terminal())):
         monkeypatch.setattr(sys, "stderr", stream)
-        train_single(_cfg(tiny_data, train__epochs=1, train__progress=True), tmp_path / name, log=lambda *_: None)
+        train_local(_cfg(tiny_data, train__epochs=1, train__progress=True), tmp_path / name, log=lambda *_: None)
         seen[name] = stream.getvalue()
     monkeypatch.undo()
     assert "epoch 0:" in seen["terminal"] and "\r" in seen["terminal"], seen["terminal"][:200]
@@ -667,7 +720,7 @@ def test_a_run_directory_is_trained_by_one_process_at_a_time(finished_run, tiny_
         assert rc == 2 and f"{run} is being trained by another process (pid {holder.pid} on " in err, err
         assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK_NAME} == before
         with pytest.raises(RunInUseError, match=f"pid {holder.pid}"):
-            train_single(_cfg(tiny_data, train__epochs=3), run, resume=True, log=lambda *_: None)
+            train_local(_cfg(tiny_data, train__epochs=3), run, resume=True, log=lambda *_: None)
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
@@ -684,14 +737,14 @@ def test_a_run_directory_is_trained_by_one_process_at_a_time(finished_run, tiny_
     rc, _, err = _cli(capsys, "train", "--resume", str(run), "--local", "--set", "train.epochs=3")
     assert rc == 0, err  # the killed holder left no stale lock
     assert [r["epoch"] for r in read_metrics(run)] == [0, 1, 2]
-    train_single(_cfg(tiny_data, train__epochs=1), fresh, log=log)
+    train_local(_cfg(tiny_data, train__epochs=1), fresh, log=log)
     assert seen
     with run_lock(fresh):  # released at the end
         pass
 
 
 def test_evaluate_reads_a_distributed_runs_newest_ray_train_checkpoint(finished_run, tiny_data, tmp_path, capsys):
-    """A Ray Train run keeps no checkpoints/best.pt: its best weights are best_model.pt of each
+    """A Ray Train run of the earlier layout keeps its best weights in best_model.pt of each
     checkpoint_* directory, its best epoch in client_state.pt. `fenrec evaluate` scores those
     of the directory that ran the most epochs (here built from a one-process run's best.pt, so
     the scores must equal that run's)."""
@@ -703,7 +756,7 @@ def test_evaluate_reads_a_distributed_runs_newest_ray_train_checkpoint(finished_
 
     ref = json.loads((finished_run / "final.json").read_text())
     run = _copy_run(finished_run, tmp_path / "dist")
-    best = load_state(run / "checkpoints" / "best.pt")
+    best = load_state(run / "checkpoints" / "checkpoint_000002" / "best.pt")
     shutil.rmtree(run / "checkpoints")
     (run / "final.json").unlink()
     stopping = {"patience": 10, "best": 0.5, "best_epoch": best["epoch"], "bad_epochs": 0}
@@ -726,21 +779,21 @@ def test_evaluate_reads_a_distributed_runs_newest_ray_train_checkpoint(finished_
     assert (run / "final.json").read_text() == written  # the failed evaluate wrote nothing
     (run / "config.yaml").write_text(cfg_text)
     shutil.rmtree(newer)
-    shutil.rmtree(older)  # no checkpoint at all: the message names the run's best.pt
+    shutil.rmtree(older)  # no checkpoint at all
     rc, _, err = _cli(capsys, "evaluate", str(run))
-    assert rc == 2 and "checkpoints/best.pt: no best checkpoint yet" in err, err
+    assert rc == 2 and f"{run}: no complete checkpoint yet" in err, err
 
 
 def test_a_run_resumes_the_way_it_was_trained(finished_run, tmp_path, capsys):
     """Resuming a one-process run without --local would start Ray Train workers at epoch 0 and
-    overwrite its metrics.jsonl; a Ray Train run with --local finds no checkpoints/last.pt.
+    overwrite its metrics.jsonl; a Ray Train run with --local finds no checkpoints/.
     Both exit 2 with the way to resume, changing nothing."""
     from fenrec_dist.train.checkpoint import save_state
 
     run = _copy_run(finished_run, tmp_path / "local")
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     rc, _, err = _cli(capsys, "train", "--resume", str(run), "--set", "train.epochs=4")
-    assert rc == 2 and "was trained in one process (checkpoints/last.pt): resume it with --local" in err, err
+    assert rc == 2 and "was trained in one process (checkpoints/): resume it with --local" in err, err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     dist = tmp_path / "dist"
     dist.mkdir()

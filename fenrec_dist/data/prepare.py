@@ -39,11 +39,13 @@ Rows are never deduplicated (repeat interactions are kept, as in Yelp).
 Order within a user: time ascending, ties broken by the input row order.
 
 Sharding. ``sample_id`` is the canonical order (user id ascending, then position), from 0.
-Shard ``s`` holds the users whose first sample_id lies in [s*N/S, (s+1)*N/S): contiguous
-user ranges balanced by sample count, so every shard covers one contiguous sample_id
-range (recorded in the manifest) and a user's samples are all in one shard. Within a
-shard rows are grouped by user, in canonical order when one partition is used; readers
-sort by sample_id (``dataset.load_sample_table`` does).
+Shard ``s`` holds the samples whose target item hashes to ``s`` (``target_shard``), so all
+samples with one target, the ICSRec partners of each other, lie in one shard, and a Ray
+Train worker that reads only its own shards (``data.shards.assign_shards``) can draw every
+partner locally. ``num_shards`` bounds the number of workers (default 32). Within a shard
+rows ascend by sample_id when one partition is used; readers sort by sample_id
+(``dataset.load_sample_table`` does). The manifest records each shard's rows, sha256 and
+sample_id range (min, max + 1; not contiguous).
 
 Atomicity. Everything is written to a temporary directory beside ``out_dir`` and renamed
 into place at the end; an existing ``out_dir`` is replaced (``overwrite=True``) only after
@@ -92,7 +94,8 @@ from fenrec_dist.data.sequences import (
     samples_per_user,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SHARDING = "target"  # training samples are partitioned by a hash of their target item (target_shard)
 ROWS_PER_PARTITION = 2_000_000
 BLOCK_BUDGET = 8_000_000
 MANIFEST = "manifest.json"
@@ -120,6 +123,18 @@ EVAL_SCHEMA = pa.schema([
 _BYTES_PER_ROW = {"seq": 5, "csv": 16, "tsv": 16, "amazon-json": 100}
 
 
+def target_shard(target: np.ndarray, num_shards: int) -> np.ndarray:
+    """int64 [N]: the training shard of each sample, a hash of its target item int [N].
+
+    All samples with one target share a shard, so a worker that reads whole shards holds
+    every ICSRec partner (a training sample with the same target) of its own samples. The
+    multiplicative (Fibonacci) hash spreads consecutive and popular ids over the shards.
+    """
+    t = np.asarray(target, dtype=np.uint64)
+    mixed = (t * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+    return (mixed % np.uint64(num_shards)).astype(np.int64)
+
+
 def shard_name(i: int) -> str:
     return f"train/part-{i:05d}.parquet"
 
@@ -136,7 +151,7 @@ def prepare(
     user_col: str = "user",
     item_col: str = "item",
     time_col: str = "timestamp",
-    num_shards: int = 4,
+    num_shards: int = 32,
     row_group_size: int = 16384,
     overwrite: bool = False,
     num_partitions: int | None = None,
@@ -664,8 +679,6 @@ class _Job:
         starts = exclusive_cumsum(samples_per_user(ucnt[kept]))
         first_sample[kept] = starts[:-1]
         n_samples = int(starts[-1])
-        bounds = np.array([n_samples * s // num_shards for s in range(1, num_shards)], dtype=np.int64)
-        shard_of = np.searchsorted(bounds, first_sample, side="right")
         sinks = [_ParquetSink(self.tmp / shard_name(s), SAMPLE_SCHEMA, rgs) for s in range(num_shards)]
         ev_sink = _ParquetSink(self.tmp / EVAL_FILE, EVAL_SCHEMA, rgs)
         fut_counts = np.zeros(horizon + 2, dtype=np.int64)
@@ -693,14 +706,16 @@ class _Job:
                     if not len(blk):
                         continue
                     fut_counts += np.bincount(blk.future_len, minlength=horizon + 2)
-                    sample_shard = np.repeat(shard_of[codes], samples_per_user(np.diff(sub_offs)))
-                    cut = np.searchsorted(sample_shard, np.arange(num_shards + 1))
-                    table = sample_table(blk)
+                    sample_shard = target_shard(blk.target, num_shards)
+                    order = np.argsort(sample_shard, kind="stable")  # sample_id order kept within a shard
+                    cut = np.searchsorted(sample_shard[order], np.arange(num_shards + 1))
+                    table = sample_table(blk).take(pa.array(order))
+                    ids = blk.sample_id[order]
                     for s in range(num_shards):
                         if cut[s + 1] > cut[s]:
                             sinks[s].add(table.slice(int(cut[s]), int(cut[s + 1] - cut[s])))
-                            lo[s] = min(lo[s], int(blk.sample_id[cut[s]]))
-                            hi[s] = max(hi[s], int(blk.sample_id[cut[s + 1] - 1]))
+                            lo[s] = min(lo[s], int(ids[cut[s]]))
+                            hi[s] = max(hi[s], int(ids[cut[s + 1] - 1]))
         finally:
             for sink in sinks + [ev_sink]:
                 sink.close()
@@ -709,7 +724,7 @@ class _Job:
             rows = sink.rows
             shards.append({
                 "file": shard_name(s), "rows": rows, "sha256": sha256_file(sink.path),
-                "sample_ids": [int(lo[s]), int(hi[s]) + 1] if rows else [0, 0],
+                "sample_id_range": [int(lo[s]), int(hi[s]) + 1] if rows else [0, 0],
             })
             if self.fail_after is not None and s + 1 >= self.fail_after:
                 raise RuntimeError(f"injected failure after writing {s + 1} shard(s)")
@@ -757,7 +772,7 @@ class _Job:
                 "sha256": sha256_file(self.src), "rows": self.stats.rows,
             },
             "dropped": dropped,
-            "sharding": "user ranges balanced by sample count; each shard is one contiguous sample_id range",
+            "sharding": SHARDING,
             "shards": written["shards"],
             "eval": written["eval"],
             "config": self.cfg,

@@ -1,12 +1,12 @@
 """The driver: builds and fits the Ray Train TorchTrainer (``fenrec train``, ``ray_job.py``).
 
-With no cluster address an embedded local Ray is started, sized so that the workers
-plus Ray Data's read tasks always find a CPU (ENVIRONMENT.md: 2 workers at 1 CPU on
-``num_cpus=2`` deadlock). With ``RAY_ADDRESS`` or ``--address`` it joins that cluster.
+With no cluster address an embedded local Ray is started, sized with room beside the
+workers (a Ray cluster whose every CPU a worker holds can deadlock its own tasks). With ``RAY_ADDRESS`` or ``--address`` it joins that cluster.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -29,7 +29,7 @@ def worker_env() -> dict[str, str]:
 
 
 def local_num_cpus(cfg: Config) -> int:
-    """Logical CPUs for an embedded Ray: the workers' share plus room for Ray Data tasks."""
+    """Logical CPUs for an embedded Ray: the workers' share plus room for Ray's own tasks."""
     return int(math.ceil(cfg.distributed.num_workers * cfg.distributed.cpus_per_worker)) + 2
 
 
@@ -104,14 +104,20 @@ def make_callback(run_dir: Path, cfg: Config):  # type: ignore[no-untyped-def]
     from ray.train import UserCallback
 
     class ProgressCallback(UserCallback):
-        """Driver-side progress line, metrics.jsonl and TensorBoard events per reported epoch."""
+        """Driver-side progress line, metrics.jsonl and TensorBoard events per reported epoch;
+        final.json from the workers' final report."""
 
         def __init__(self) -> None:
             self.log: MetricsLog | None = None
 
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
             rec = metrics[0] if metrics else {}
-            if not rec or rec.get("final"):
+            if not rec:
+                return
+            if rec.get("final"):  # the workers' scoring of the best weights
+                final = {k: v for k, v in rec.items() if k != "final"}
+                final["checkpoint"] = str(checkpoint.path) if checkpoint is not None else None
+                atomic_write_json(run_dir / "final.json", final)
                 return
             if self.log is None:
                 self.log = MetricsLog(run_dir)
@@ -156,20 +162,12 @@ def build_trainer(cfg: Config, run_dir: RunPaths | str | Path | None = None, *,
     after the progress callback (a Tune trial adds its report-to-Tune callback).
     Returns (trainer, paths).
     """
-    import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from fenrec_dist.distributed.worker import train_fn_per_worker
+    from fenrec_dist.distributed.ray_runtime import train_fn_per_worker
 
     run = run_dir if isinstance(run_dir, RunPaths) else prepare_run(cfg, run_dir)
-    # Ray 2.60's Parquet datasource V2 (ListFiles -> ReadFiles) took 8-17 s to read Beauty's shards
-    # on 2 cores, the V1 reader 1.2-3.8 s (same rows; the worker sorts them by
-    # sample_id): bench/bench_ingest.py. The setting is copied into the dataset at creation.
-    data_ctx = ray.data.DataContext.get_current()
-    data_ctx.use_datasource_v2 = False
-    data_ctx.enable_progress_bars = False  # a one-off read per worker; its bars flood non-TTY logs
-    ds = ray.data.read_parquet(train_files(cfg.data.path))
     scaling = ScalingConfig(num_workers=cfg.distributed.num_workers, use_gpu=cfg.distributed.use_gpu,
                             resources_per_worker={"CPU": cfg.distributed.cpus_per_worker})
     run_config = RunConfig(
@@ -179,23 +177,21 @@ def build_trainer(cfg: Config, run_dir: RunPaths | str | Path | None = None, *,
         callbacks=[make_callback(run.local_dir, cfg), *extra_callbacks],
         logging_config=LoggingConfig(log_level=os.environ.get("FENREC_RAY_TRAIN_LOG_LEVEL", "WARNING")),
     )
+    # No Ray Data: each worker reads its own target-partitioned Parquet shards with pyarrow
+    # (data.shards), a pure function of the manifest and the world size (docs/architecture.md).
     trainer = TorchTrainer(train_fn_per_worker, train_loop_config={"cfg": to_dict(cfg)},
-                           scaling_config=scaling, run_config=run_config, datasets={"train": ds},
-                           # not split by Ray: each worker keeps sample_id % world == rank (deterministic)
-                           dataset_config=DataConfig(datasets_to_split=[]))
+                           scaling_config=scaling, run_config=run_config)
     return trainer, run
 
 
 def finish_run(result: Any, run: RunPaths, cfg: Config) -> dict[str, Any]:
-    """final.json and curves.png from a fitted trainer's Result; returns final.json's content."""
-    metrics = result.metrics or {}
-    if not metrics.get("final"):
+    """curves.png, and final.json's content (written by the progress callback from the workers'
+    final report)."""
+    final_path = run.local_dir / "final.json"
+    if result.error is not None or not final_path.is_file():
         raise RuntimeError(f"training ended without final metrics (error: {result.error})")
-    final = {"best_epoch": int(metrics["best_epoch"]), "valid": metrics["valid"], "test": metrics["test"],
-             "epochs_run": int(metrics.get("epochs_run", 0)), "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}
-    atomic_write_json(run.local_dir / "final.json", final)
     plot_curves(run.local_dir, cfg.eval.metric)
-    return final
+    return json.loads(final_path.read_text())
 
 
 def run_distributed(cfg: Config, run_dir: str | Path | None = None, address: str | None = None,

@@ -1,30 +1,30 @@
-"""DeepSpeed engine from the ``deepspeed`` section of the config."""
+"""The DeepSpeed engine of a Ray Train worker (``deepspeed.enabled``), behind the trainer's
+``Engine`` seam (``train.runtime``)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from fenrec_dist.config import Config
+from fenrec_dist.config import Config, ConfigError
+from fenrec_dist.model.base import SequenceEncoder
 from fenrec_dist.train.loop import make_adam
 
-
-def use_bf16(cfg: Config, device: torch.device) -> bool:
-    """bf16 on GPU and fp32 on CPU unless the config says otherwise."""
-    if cfg.deepspeed.bf16 == "auto":
-        return device.type == "cuda"
-    return cfg.deepspeed.bf16 == "true"
+STATE_TAG = "state"
 
 
-def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
-    """The DeepSpeed JSON config for one worker's micro-batch."""
+def deepspeed_config(cfg: Config) -> dict[str, Any]:
+    """The DeepSpeed JSON config for one worker's micro-batch. Precision is the trainer's one
+    policy (``train.precision``: bf16 autocast of the forward on CUDA, float32 parameters and
+    optimizer state), so DeepSpeed's own bf16 mode stays off."""
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.train.batch_size,
         "gradient_accumulation_steps": 1,
         "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
-        "bf16": {"enabled": use_bf16(cfg, device)},
+        "bf16": {"enabled": False},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -36,25 +36,45 @@ def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
     return ds
 
 
-def build_engine(model: torch.nn.Module, cfg: Config, device: torch.device):  # type: ignore[no-untyped-def]
-    """Initialise DeepSpeed around ``model`` (reusing the process group Ray Train set up).
+class DeepSpeedEngine:
+    """``deepspeed.initialize`` around the encoder (reusing the process group Ray Train set up).
 
     A torch Adam is passed in unless ``deepspeed.optimizer`` names a DeepSpeed optimizer
-    (those compile ops at run time).
-    """
-    if device.type == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        from fenrec_dist.distributed.buildlock import clear_stale_build_lock
+    (those compile ops at run time). Its state lives in the checkpoint's ``deepspeed/``
+    directory, every rank's part (ZeRO shards included)."""
 
-        clear_stale_build_lock()  # an interrupted earlier build would make init_distributed wait forever
-    import deepspeed
+    uses_deepspeed = True
 
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-    optimizer = None
-    if cfg.deepspeed.optimizer == "torch_adam":
-        optimizer = make_adam(model.parameters(), cfg.train.lr, cfg.train.weight_decay)
-    engine, optimizer, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, model_parameters=None if optimizer else model.parameters(),
-        config=deepspeed_config(cfg, device),
-    )
-    return engine
+    def __init__(self, module: SequenceEncoder, cfg: Config, device: torch.device) -> None:
+        if device.type == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            from fenrec_dist.distributed.buildlock import clear_stale_build_lock
+
+            clear_stale_build_lock()  # an interrupted earlier build would make init_distributed wait forever
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        optimizer = None
+        if cfg.deepspeed.optimizer == "torch_adam":
+            optimizer = make_adam(module.parameters(), cfg.train.lr, cfg.train.weight_decay)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=module, optimizer=optimizer, model_parameters=None if optimizer else module.parameters(),
+            config=deepspeed_config(cfg),
+        )
+        self.net = self.engine
+        self.module = self.engine.module
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+        self.engine.step()
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def save_extra(self, d: Path) -> None:
+        self.engine.save_checkpoint(str(d / "deepspeed"), tag=STATE_TAG)
+
+    def load(self, d: Path, state: dict[str, Any]) -> None:
+        if not (d / "deepspeed").is_dir():
+            raise ConfigError(f"{d}: a checkpoint of a run without DeepSpeed; resume it with deepspeed.enabled=false")
+        self.engine.load_checkpoint(str(d / "deepspeed"), tag=STATE_TAG)

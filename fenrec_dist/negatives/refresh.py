@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fenrec_dist.config import Config
-from fenrec_dist.distributed.collectives import gather_rows_to_all
+from fenrec_dist.comm import gather_rows_to_all
 from fenrec_dist.intents import IntentClusters
 from fenrec_dist.negatives.index import (
     FaissResources,

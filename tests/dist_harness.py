@@ -1,6 +1,6 @@
 """Global-negatives self-check: N gloo processes at batch B vs one process at batch N*B.
 
-Used by the test-suite (and runnable by hand: ``python -m fenrec_dist.distributed.selfcheck``)
+Used by the test-suite (and runnable by hand from tests/: ``python dist_harness.py``)
 to show that the all-gathered contrastive losses and the averaged gradients of a
 data-parallel step equal the one-process computation on the concatenated batch.
 """
@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fenrec_dist.config import LossConfig, ModelConfig, NegativesConfig
-from fenrec_dist.distributed.collectives import ProcessGroupComm
+from fenrec_dist.comm import ProcessGroupComm
 from fenrec_dist.intents import IntentClusters
 from fenrec_dist.losses.fenrec import FENRecLoss
 from fenrec_dist.model import build_encoder
@@ -147,26 +147,26 @@ if __name__ == "__main__":
 # --------------------------------------------------------------------------- evaluation
 
 
-def _eval_model(data_path: str):  # type: ignore[no-untyped-def]
+def _eval_model(data_path: str, rank: int = 0, world: int = 1):  # type: ignore[no-untyped-def]
     from fenrec_dist.config import Config
-    from fenrec_dist.data.dataset import load_prepared
+    from fenrec_dist.data.shards import load_rank_data
 
     cfg = Config()
     cfg.model.hidden = HIDDEN
     cfg.eval.batch_size = 37  # uneven batches on purpose
-    data = load_prepared(data_path)
+    data = load_rank_data(data_path, rank, world)
     torch.manual_seed(0)
     return cfg, data, build_encoder(cfg.model, data.num_items, data.max_len).eval()
 
 
 def _eval_worker(rank: int, world: int, port: int, data_path: str, out: str) -> None:
-    from fenrec_dist.distributed.worker import evaluate_distributed
+    from fenrec_dist.train.trainer import evaluate
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        cfg, data, model = _eval_model(data_path)
-        res = {s: evaluate_distributed(model, data, cfg, s, torch.device("cpu")) for s in ("valid", "test")}
+        cfg, data, model = _eval_model(data_path, rank, world)
+        res = {s: evaluate(model, data, cfg, s, torch.device("cpu")) for s in ("valid", "test")}
         if rank == 0:
             torch.save(res, out)
     finally:
@@ -201,7 +201,7 @@ def _intent_problem():  # type: ignore[no-untyped-def]
 
 
 def _intent_worker(rank: int, world: int, port: int, out: str) -> None:
-    from fenrec_dist.distributed.worker import cluster_across_ranks
+    from fenrec_dist.train.trainer import cluster_across_ranks
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -256,7 +256,7 @@ def _refresh_cfg():  # type: ignore[no-untyped-def]
 
 
 def _refresh_worker(rank: int, world: int, port: int, out: str) -> None:
-    from fenrec_dist.distributed import collectives as C
+    from fenrec_dist import comm as C
     from fenrec_dist.negatives.refresh import IndexRefresher
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

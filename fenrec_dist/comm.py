@@ -1,4 +1,4 @@
-"""torch.distributed helpers for global negatives, intents and evaluation.
+"""torch.distributed helpers for global negatives, intents and evaluation (no Ray, no DeepSpeed).
 
 Each is a no-op (or the identity) when no process group is initialised, so the
 same epoch code runs in one process.

@@ -1,0 +1,316 @@
+"""The one trainer: every runtime's epoch loop, resume, per-epoch refresh, evaluation, early
+stopping and final scoring.
+
+``fit(cfg, runtime)`` runs in one process (``train.local``) and in every Ray Train worker
+(``distributed.ray_runtime``). Each rank reads only its own training shards and users
+(``data.shards``); the contrastive terms see the global batch through ``comm``, k-means
+trains on a bounded sample gathered from all ranks, and metric sums are all-reduced. With
+one rank every collective is the identity.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from fenrec_dist import comm as C
+from fenrec_dist.config import Config, ConfigError
+from fenrec_dist.data.shards import RankData, load_rank_data
+from fenrec_dist.intents import IntentClusters
+from fenrec_dist.losses.fenrec import FENRecLoss
+from fenrec_dist.metrics import finalize
+from fenrec_dist.model import build_encoder
+from fenrec_dist.model.base import SequenceEncoder
+from fenrec_dist.train import layout
+from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
+from fenrec_dist.train.checkpoint import load_state, rng_state, set_rng_state
+from fenrec_dist.train.early_stopping import EarlyStopping
+from fenrec_dist.train.loop import StepFn, embed, evaluate_sums, train_epoch
+from fenrec_dist.train.memory import release_free_memory
+from fenrec_dist.train.runtime import Engine, Runtime, precision_context
+
+BATCH_ORDER_STREAM = 1 << 20  # epoch_rng stream of the batch order, shared by the ranks (see epoch_batches)
+SAMPLE_STREAM = 1 << 21       # epoch_rng stream of the k-means sample
+FAULT_ENV = "FENREC_FAULT_AT"  # "EPOCH:BATCH:RANK:MARKER_FILE": SIGKILL this rank there, once (failure tests)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: cuda, but torch {torch.__version__} sees no CUDA device here; "
+                          f"use auto (CUDA when present) or cpu")
+    return torch.device(name)
+
+
+def build_model(cfg: Config, num_items: int, max_len: int, device: torch.device) -> SequenceEncoder:
+    torch.manual_seed(cfg.train.seed)
+    return build_encoder(cfg.model, num_items, max_len).to(device)
+
+
+def uses_index(cfg: Config) -> bool:
+    """Whether the run refreshes a FAISS negative index each epoch."""
+    return "index" in cfg.negatives.sources
+
+
+def time_is_up(cfg: Config, t_start: float) -> bool:
+    """``train.time_limit_min`` has passed since training started (0 = never)."""
+    return cfg.train.time_limit_min > 0 and time.perf_counter() - t_start >= 60.0 * cfg.train.time_limit_min
+
+
+def kmeans_sample(sample_id: np.ndarray, total: int, max_points: int, seed: int, epoch: int) -> np.ndarray:
+    """bool [n_r]: which of this rank's samples (ids int64 [n_r]) train the epoch's k-means.
+
+    Each sample is kept with probability ``max_points / total`` by a draw that depends on its
+    id, the seed and the epoch only, so the sample is the same whatever the number of ranks.
+    All samples when ``max_points`` is 0 or at least ``total``."""
+    if max_points <= 0 or max_points >= total:
+        return np.ones(len(sample_id), dtype=bool)
+    u = epoch_rng(seed, epoch, SAMPLE_STREAM).random(total)
+    return u[sample_id] < max_points / total
+
+
+def epoch_intents(encoder: SequenceEncoder, data: RankData, cfg: Config, epoch: int, device: torch.device,
+                  need_reprs: bool = False) -> tuple[IntentClusters | None, np.ndarray | None]:
+    """The epoch-start pass: every rank embeds its samples (eval mode, float32 [n_r, d]); a
+    seeded sample of at most about ``intents.max_points`` of them is gathered in sample-id
+    order and clustered on rank 0; the centroids are broadcast, and each rank assigns its own
+    samples when the loss asks. Returns (intents or None, this rank's representations or None
+    when neither the fine term nor the index needs them)."""
+    if cfg.loss.beta_fine <= 0 and not need_reprs:
+        return None, None
+    reprs = embed(encoder, data.train.inputs, cfg.intents.batch_size, device)
+    if cfg.loss.beta_fine <= 0:
+        return None, reprs
+    keep = kmeans_sample(data.train.sample_id, data.total_train, cfg.intents.max_points, cfg.train.seed, epoch)
+    intents = cluster_across_ranks(data.train.sample_id[keep], reprs[keep], cfg.intents.k, cfg.intents.niter,
+                                   cfg.train.seed + epoch, device, cfg.intents.nredo)
+    return intents, reprs
+
+
+def cluster_across_ranks(sample_ids: np.ndarray, reprs: np.ndarray, k: int, niter: int, seed: int,
+                         device: torch.device, nredo: int = 1) -> IntentClusters:
+    """k-means once over every rank's points, in sample-id order (as in one process), on rank
+    0; the centroids are broadcast so all ranks assign alike.
+
+    Args:
+        sample_ids: int64 [n_r] this rank's sample ids; reprs: float32 [n_r, d] their points.
+    """
+    _, points = C.gather_rows_to_all(sample_ids, reprs, device)
+    rank, _ = C.world()
+    k = min(k, points.shape[0])
+    cents = IntentClusters.fit(points, k, niter, seed=seed, nredo=nredo).centroids if rank == 0 else None
+    return IntentClusters(C.broadcast_array(cents, (k, points.shape[1]), device))
+
+
+def evaluate(encoder: SequenceEncoder, data: RankData, cfg: Config, split: str, device: torch.device
+             ) -> dict[str, float]:
+    """Full-ranking metrics of ``split`` over every rank's users (sums all-reduced)."""
+    sums = evaluate_sums(encoder, data.eval, split, data.max_len, cfg.eval.batch_size, cfg.eval.item_chunk,
+                         list(cfg.eval.ks), device)
+    return finalize(C.all_reduce_sums(sums, device))
+
+
+def negatives_record(summary: dict[str, Any] | None, train_stats: dict[str, float]) -> dict[str, float]:
+    """The metrics.jsonl ``negatives`` entry of an index run: filter and hardness figures."""
+    out = {f"train_{k}": v for k, v in train_stats.items()}
+    if summary:
+        for k in ("raw_fn_rate", "mined_cos", "random_cos", "kept_per_anchor", "overlap_prev"):
+            if summary.get(k) is not None:
+                out[k] = float(summary[k])
+    return out
+
+
+def fault_hook(epoch: int, rank: int) -> Callable[[], None] | None:
+    """A per-step hook that SIGKILLs this process at ``FENREC_FAULT_AT``'s point, once (the
+    marker file makes the restarted run go through); None when no fault is asked for here."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    e, b, r, marker = spec.split(":", 3)
+    if int(e) != epoch or int(r) != rank or Path(marker).exists():
+        return None
+    target, count = int(b), [0]
+
+    def hook() -> None:
+        count[0] += 1
+        if count[0] == target:
+            Path(marker).write_text(f"killed rank {rank} at epoch {epoch} batch {target}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def _with_hook(step: StepFn, hook: Callable[[], None] | None) -> StepFn:
+    if hook is None:
+        return step
+
+    def wrapped(loss: torch.Tensor) -> None:
+        hook()
+        step(loss)
+
+    return wrapped
+
+
+def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+class _Progress:
+    """What a checkpoint holds and resume restores: next epoch, early stopping, best weights."""
+
+    def __init__(self, cfg: Config, model: SequenceEncoder) -> None:
+        self.epoch = 0
+        self.stopper = EarlyStopping(cfg.train.patience)
+        self.best = _clone(model.state_dict())
+
+    def restore(self, d: Path, rank: int, world_size: int, engine: Engine, device: torch.device,
+                log: Callable[[str], None]) -> None:
+        state = load_state(d / layout.STATE, map_location=device,
+                           keys=("model", "early_stopping", "epoch", "world_size"))
+        engine.load(d, state)
+        self.epoch = int(state["epoch"])
+        self.stopper = EarlyStopping.from_state(state["early_stopping"])
+        self.best = load_state(d / layout.BEST, map_location=device, keys=("model",))["model"]
+        if int(state["world_size"]) != world_size:
+            log(f"resume: {d} was written by {state['world_size']} rank(s), this run has {world_size}: batches "
+                f"differ from an uninterrupted run from here on")
+        rng = d / layout.rng_name(rank)
+        if rng.is_file():
+            set_rng_state(load_state(rng))
+
+    def writer(self, rank: int, world_size: int, engine: Engine, record: dict[str, Any]) -> Callable[[Path], None]:
+        def write(d: Path) -> None:
+            engine.save_extra(d)  # collective under DeepSpeed: every rank
+            if rank == 0:
+                state = {"model": engine.module.state_dict(), **engine.state(),
+                         "early_stopping": self.stopper.state_dict(), "epoch": self.epoch,
+                         "world_size": world_size, "deepspeed": engine.uses_deepspeed}
+                best = {"model": self.best, "epoch": self.stopper.best_epoch}
+                layout.write_rank_files(d, rank, rng_state(), state=state, best=best, record=record)
+            else:
+                layout.write_rank_files(d, rank, rng_state())
+
+        return write
+
+
+def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
+    """Train until early stopping, ``train.epochs`` or ``train.time_limit_min``, then score the
+    best weights on validation and test. Returns final.json's content (best_epoch, valid,
+    test, epochs_run)."""
+    t_start = time.perf_counter()
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    rank, world, device = rt.rank, rt.world_size, rt.device
+    if uses_index(cfg) and world > 1:
+        raise ConfigError("negatives.sources: the sample index ('index') runs in one process only for now "
+                          "(distributed.num_workers=1 or --local); drop it for sharded multi-worker runs")
+    data = load_rank_data(cfg.data.path, rank, world, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
+    t_load = time.perf_counter()
+    model = build_model(cfg, data.num_items, data.max_len, device)
+    engine = rt.engine(model, cfg)
+    t_engine = time.perf_counter()
+    prog = _Progress(cfg, engine.module)
+    with rt.resume_from() as d:
+        if d is not None:
+            prog.restore(Path(d), rank, world, engine, device, rt.log)
+            rt.log(f"resumed after epoch {prog.epoch - 1} (best {cfg.eval.metric}={prog.stopper.best:.4f}"
+                   f"@{prog.stopper.best_epoch})")
+    startup = {"load_data": t_load - t_start, "engine_init": t_engine - t_load, "local_rows": float(len(data.train)),
+               "bytes_read": float(data.bytes_read)}
+    loss_fn = FENRecLoss(cfg.loss, cfg.negatives,
+                         comm=C.ProcessGroupComm(max_rows=cfg.train.batch_size) if world > 1 else None)
+    partners = PartnerIndex.build(data.train.target, data.num_items)  # every partner is in this rank's shards
+    autocast = precision_context(cfg, device)
+    refresher = None
+    if uses_index(cfg):
+        from fenrec_dist.negatives.index import TrainingFacts
+        from fenrec_dist.negatives.refresh import IndexRefresher
+
+        refresher = IndexRefresher(cfg, TrainingFacts.from_table(data.train), rt.negatives_store(),
+                                   gpu_id=(device.index or 0) if device.type == "cuda" else 0)
+    rt.log(f"data {cfg.data.path}: {data.total_train:,} training samples ({len(data.train):,} on rank {rank} of "
+           f"{world}), {data.total_users:,} users, {data.num_items:,} items | device {device} | "
+           f"{sum(p.numel() for p in engine.module.parameters()):,} parameters")
+
+    first_epoch = prog.epoch
+    for epoch in range(first_epoch, cfg.train.epochs):
+        if prog.stopper.should_stop:
+            break
+        time_up = epoch > first_epoch and time_is_up(cfg, t_start)  # at least one epoch per start
+        if C.all_reduce_min(int(not time_up), device) == 0:
+            rt.log(f"train.time_limit_min={cfg.train.time_limit_min} reached; stopping before epoch {epoch}")
+            break
+        t_epoch = t0 = time.perf_counter()
+        intents, reprs = epoch_intents(engine.module, data, cfg, epoch, device, need_reprs=refresher is not None)
+        release_free_memory()  # each phase starts from a trimmed heap, so phase peaks do not stack
+        times = {"cluster": time.perf_counter() - t0}
+        index = None
+        if refresher is not None:
+            t0 = time.perf_counter()
+            index = refresher.refresh(epoch, reprs, device, intents)
+            times["index"] = time.perf_counter() - t0
+        batches = epoch_batches(data.train.input_len, cfg.train.batch_size, epoch_rng(cfg.train.seed, epoch, rank),
+                                cfg.train.length_grouping, cfg.train.length_bucket_batches,
+                                order_rng=epoch_rng(cfg.train.seed, epoch, BATCH_ORDER_STREAM) if world > 1 else None)
+        batches = batches[: C.all_reduce_min(len(batches), device)]  # collectives need equal step counts
+        res = train_epoch(engine.net, engine.module, _with_hook(engine.step, fault_hook(epoch, rank)), data.train,
+                          partners, data.train, batches, loss_fn, epoch, intents, cfg.train.seed, device, rank=rank,
+                          progress=rt.progress, num_batches=len(batches), autocast=autocast, index=index,
+                          trim_every=cfg.train.trim_every, trim_growth_mib=cfg.train.trim_growth_mib)
+        release_free_memory()
+        times["train"] = res.seconds
+        t0 = time.perf_counter()
+        valid = evaluate(engine.module, data, cfg, "valid", device)
+        release_free_memory()
+        times["eval"] = time.perf_counter() - t0
+        if prog.stopper.update(valid[cfg.eval.metric], epoch):
+            prog.best = _clone(engine.module.state_dict())
+        prog.epoch = epoch + 1
+        samples = C.all_reduce_sums({"n": float(res.samples)}, device)["n"]
+        rec: dict[str, Any] = {
+            "epoch": epoch, "loss": {k: v / world for k, v in C.all_reduce_sums(res.losses, device).items()},
+            "valid": valid, "samples_per_s": samples / max(res.seconds, 1e-9),
+            "time": {**times, "epoch": time.perf_counter() - t_epoch},
+            "best": prog.stopper.best, "best_epoch": prog.stopper.best_epoch,
+            "phase": "hard" if loss_fn.after_warmup(epoch) else "warmup",
+        }
+        if world > 1:
+            rec["world_size"] = world
+        if refresher is not None:
+            refresher.record_training(epoch, res.stats)
+            rec["negatives"] = negatives_record(refresher.summary, res.stats)
+        if epoch == first_epoch:
+            rec["startup"] = startup
+        rt.commit(rec, prog.writer(rank, world, engine, rec))
+
+    # final: the best weights on validation and test, on every rank (collectives)
+    engine.module.load_state_dict(prog.best)
+    final = {"best_epoch": prog.stopper.best_epoch, "valid": evaluate(engine.module, data, cfg, "valid", device),
+             "test": evaluate(engine.module, data, cfg, "test", device), "epochs_run": prog.epoch}
+    rt.finish(final)
+    return final
+
+
+def score_run(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any]:
+    """``fenrec evaluate``: the best weights of a run's newest complete checkpoint (either
+    runtime's) scored on validation and test in this process."""
+    from fenrec_dist.data.errors import first_line
+    from fenrec_dist.train.checkpoint import CheckpointError
+
+    weights, best_epoch, extra = layout.best_weights(run_dir, map_location=device)
+    data = load_rank_data(cfg.data.path, 0, 1, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
+    model = build_model(cfg, data.num_items, data.max_len, device)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:  # another model's weights (the config was changed after training)
+        raise CheckpointError(f"{run_dir}: the best checkpoint does not fit the model of config.yaml: "
+                              f"{first_line(exc)}") from exc
+    return {"best_epoch": best_epoch, "valid": evaluate(model, data, cfg, "valid", device),
+            "test": evaluate(model, data, cfg, "test", device), **extra}
