@@ -9,7 +9,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench clean report
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(STAMP) $(VENV)/.ds-warm
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q --timeout=3600
+
+# README results table and results/valid_curves.png from results/ (see results/README.md).
+report: $(STAMP)
+	$(VENV)/bin/fenrec report
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

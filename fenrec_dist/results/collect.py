@@ -27,8 +27,8 @@ from typing import Any
 
 from fenrec_dist.results.layout import (
     CHECKPOINTS, CONFIG, FINAL, METRICS, RAY_CHECKPOINT_GLOB, RUN, ResultsError, atomic_write_text,
-    best_epoch_of, config_differences, config_seed, copy_file, dir_mode, json_text, read_config, read_final, read_metrics,
-    timing,
+    best_epoch_of, config_differences, config_seed, copy_file, dir_mode, json_text, read_config, read_final,
+    read_metrics, timing,
 )
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -41,8 +41,10 @@ def _iso(t: float | None) -> str | None:
 
 
 def git_state(cwd: Path | None = None) -> tuple[str | None, bool | None]:
-    """(HEAD commit, whether tracked files differ from it) of the checkout at ``cwd``; (None,
-    None) outside a git checkout."""
+    """(HEAD commit, whether tracked files differ from it) of the checkout at ``cwd`` (default:
+    the one this fenrec_dist package runs from); (None, None) outside a git checkout."""
+    if cwd is None:
+        cwd = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                                 check=True, timeout=30).stdout.strip()
@@ -115,9 +117,9 @@ def run_info(run_dir: Path, dest: Path, dataset: str, name: str, preset: str, se
 
     ``command``: how the run was made; without it the equivalent command is reconstructed
     from the copied config (``command_source: reconstructed``). ``commit``: the commit that
-    trained it; without it this checkout's HEAD and dirty flag are recorded at collection
-    (``commit_source: collect``), as is the host: collect a run on the machine and checkout
-    that trained it, or pass them.
+    trained it; without it the HEAD and dirty flag of the checkout fenrec_dist runs from are
+    recorded at collection (``commit_source: collect``), as is the host: collect a run on the
+    machine and checkout that trained it, or pass them.
     """
     t = timing(records, best_epoch_of(records, final), run_dir / METRICS)
     if command is None:
