@@ -118,19 +118,55 @@ class CandidateSampler:
         return exp.clamp_min(1e-30).log().to(device=ids.device, dtype=torch.float32)
 
 
-def _lookup(weights: torch.Tensor, ids: torch.Tensor, sparse: bool) -> torch.Tensor:
-    """Rows ``weights[ids]`` (float [*ids.shape, d]); id 0 (padding) gets no gradient."""
-    return F.embedding(ids, weights, padding_idx=0, sparse=sparse)
+class _RowLookup(torch.autograd.Function):
+    """``weights[rows]`` for sorted unique ``rows``; the gradient of ``weights`` is a coalesced
+    sparse [R, d] tensor over those rows (row 0, the padding, gets none), or a dense one."""
+
+    @staticmethod
+    def forward(ctx, weights, rows, sparse):  # type: ignore[no-untyped-def]
+        ctx.shape, ctx.sparse = weights.shape, sparse
+        ctx.save_for_backward(rows)
+        return weights.index_select(0, rows)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        (rows,) = ctx.saved_tensors
+        if rows.numel() and int(rows[0]) == 0:  # sorted: the padding row comes first
+            rows, grad = rows[1:], grad[1:]
+        if ctx.sparse:
+            g = torch.sparse_coo_tensor(rows[None, :], grad.contiguous(), ctx.shape, is_coalesced=True,
+                                        check_invariants=False)
+        else:
+            g = grad.new_zeros(ctx.shape).index_add_(0, rows, grad)
+        return g, None, None
 
 
-def _member(values: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
-    """bool [B, S]: whether values [B, S] (or [S], shared) is in row b's set sets [B, K]."""
-    if sets.shape[1] == 0:
-        return torch.zeros(sets.shape[0], values.shape[-1], dtype=torch.bool, device=sets.device)
-    srt, _ = sets.sort(dim=1)
-    v = values.expand(sets.shape[0], -1).contiguous()
-    pos = torch.searchsorted(srt, v).clamp_max(srt.shape[1] - 1)
-    return srt.gather(1, pos) == v
+def unique_rows(weights: torch.Tensor, ids: list[torch.Tensor], sparse: bool) -> list[torch.Tensor]:
+    """The rows ``weights[ids_i]`` of several id tensors through ONE lookup of their unique ids
+    (so the item table's gradient has each touched row once).
+
+    Args:
+        weights: float [R, d]; ids: long tensors of any shapes (0 = padding: no gradient).
+    Returns:
+        float [*ids_i.shape, d] for each.
+    """
+    flat = torch.cat([t.reshape(-1) for t in ids])
+    uniq, inv = torch.unique(flat, sorted=True, return_inverse=True)
+    sub = _RowLookup.apply(weights, uniq, sparse)  # [U, d]
+    out, at = [], 0
+    for t in ids:
+        out.append(sub[inv[at:at + t.numel()]].view(*t.shape, weights.shape[1]))
+        at += t.numel()
+    return out
+
+
+def _in_rows(values: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+    """bool [B, S]: whether values[s] (long [S], shared by the rows) is in row b of sets [B, K]."""
+    uniq, inv = torch.unique(torch.cat([values, sets.reshape(-1)]), return_inverse=True)
+    mark = torch.zeros(sets.shape[0], uniq.numel(), dtype=torch.bool, device=sets.device)
+    mark.scatter_(1, inv[values.numel():].view(sets.shape), True)
+    return mark[:, inv[: values.numel()]]
 
 
 def enduring_items(z: torch.Tensor, e: torch.Tensor, lam: float) -> torch.Tensor:
@@ -194,24 +230,27 @@ def sampled_soft_label_loss(
     first = valid & ~(earlier & valid[:, None, :]).any(dim=2)
     window = torch.where(valid, future, torch.zeros_like(future))  # [B, H+1], 0 = no item
 
-    pos = torch.einsum("bd,bkd->bk", z, _lookup(item_weights, window, sparse_grad))  # [B, H+1]
+    has_m = mined is not None and mined.shape[1] > 0
+    has_s = shared is not None and shared.shape[0] > 0
+    ids = [window] + ([shared] if has_s else []) + ([mined] if has_m else [])
+    rows = unique_rows(item_weights, ids, sparse_grad)
+    pos = (rows[0] * z[:, None, :]).sum(-1)  # [B, H+1]; (mul-sum: no transposed copy as in einsum's bmm)
     parts = [pos.masked_fill(~first, float("-inf"))]
-    if mined is not None and mined.shape[1] > 0:
-        em = _lookup(item_weights, mined, sparse_grad)  # [B, K, d]
-        drop_m = (mined == 0) | _member(mined, window)
-        parts.append(torch.einsum("bd,bkd->bk", z, em).masked_fill(drop_m, float("-inf")))
+    if has_m:
+        em = rows[-1]  # [B, K, d]
+        drop_m = (mined == 0) | (mined[:, :, None] == window[:, None, :]).any(dim=2)
+        parts.append((em * z[:, None, :]).sum(-1).masked_fill(drop_m, float("-inf")))
         if enduring_lam > 0 and enduring_weight > 0:
             h = enduring_items(z, em, enduring_lam)
-            hl = torch.einsum("bd,bkd->bk", z, h) + math.log(enduring_weight)
+            hl = (h * z[:, None, :]).sum(-1) + math.log(enduring_weight)
             parts.append(hl.masked_fill(drop_m, float("-inf")))
-    if shared is not None and shared.shape[0] > 0:
-        es = _lookup(item_weights, shared, sparse_grad)  # [S, d]
-        ls = z @ es.t()  # [B, S]
+    if has_s:
+        ls = z @ rows[1].t()  # [B, S]
         if shared_correction is not None:
             ls = ls - shared_correction[None, :]
-        drop_s = _member(shared[None, :], window)
-        if mined is not None and mined.shape[1] > 0:
-            drop_s |= _member(shared[None, :], mined)
+        drop_s = (shared[None, :, None] == window[:, None, :]).any(dim=2)  # [B, S]
+        if has_m:  # a shared candidate that is one of the row's mined items: counted there
+            drop_s |= _in_rows(shared, mined)
         parts.append(ls.masked_fill(drop_s, float("-inf")))
     lse = torch.logsumexp(torch.cat(parts, dim=1), dim=1)  # [B]
     picked = pos.masked_fill(~valid, 0.0)
