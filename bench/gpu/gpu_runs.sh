@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: bench/gpu_check.sh, then four Beauty runs side by side on the same GPU
+# One device call: bench/gpu/gpu_check.sh, then four Beauty runs side by side on the same GPU
 # (single-process path, bf16 autocast), each stopped by train.time_limit_min so the whole
 # call ends inside BUDGET seconds; every run still scores its best checkpoint on test.
 #
@@ -30,7 +30,7 @@ else
 fi
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-3} OMP_WAIT_POLICY=PASSIVE
 if [ -z "${SKIP_CHECK:-}" ]; then
-  bash bench/gpu_check.sh 2>&1 | tee runs/gpu-logs/gpu_check.log
+  bash bench/gpu/gpu_check.sh 2>&1 | tee runs/gpu-logs/gpu_check.log
 fi
 now=$(date +%s)
 left=$(( BUDGET - (now - T0) - 75 ))
