@@ -22,7 +22,7 @@ def score_items(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     On CPU in float32 the product goes through oneDNN (``mkldnn._linear_pointwise``) when
     PyTorch has it: this shape (a short inner dimension, d = 64, against a long catalogue)
     hits a slow path of the MKL sgemm that the CPU wheel uses for ``@`` on AMD processors:
-    about 2x slower here (21.0 vs 11.3 ms for 256 x 12,102 at 1 thread; bench/bench_score.py,
+    about 2x slower here (21.0 vs 11.3 ms for 256 x 12,102 at 1 thread; bench/micro/bench_score.py,
     which also times the whole soft-label loss: 55.6 vs 44.0 ms forward + backward). Same values
     (tests/test_losses.py); elsewhere, under autograd, and as a fallback, plain ``z @ weights.T``.
     """
