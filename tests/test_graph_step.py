@@ -111,3 +111,68 @@ def test_graphed_encoder_replays_equal_the_eager_encoder_on_cuda():
         for a, b in zip(_grads(static), want):
             assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
     assert graphed.graphs == len(keys) and graphed.eager_calls == 0
+
+
+def _fenrec_compute(model: SASRec, intents: IntentClusters, epoch: int, dedup: bool):
+    """The whole warm-up step as a function of tensors (plan, target, future, future_len)."""
+    loss_fn = FENRecLoss(LossConfig(lambda_coarse=0.3, beta_fine=0.1, dedup_intents=dedup),
+                         NegativesConfig(warmup_epochs=1, noise_ratio=2.0, lam_min=0.4, lam_max=0.4))
+    gen = torch.Generator().manual_seed(7)
+
+    def compute(*tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+        *plan, target, future, future_len = tensors
+        z = model.encode_static(StaticPlan.from_tensors(tuple(plan)))
+        b = target.shape[0]
+        parts = loss_fn(z[:b], z[b:], model.item_weights().float(), target, future, future_len, epoch, intents, gen)
+        return {"objective": parts.objective, "total": parts.total.detach(), "rec": parts.rec.detach()}
+
+    return compute
+
+
+def _step_inputs(model: SASRec, batch: dict[str, np.ndarray], device: str) -> tuple[torch.Tensor, ...]:
+    plan = model.static_plan(batch["ids"], device=device)
+    rest = tuple(torch.from_numpy(batch[k]).to(device) for k in ("target", "future", "future_len"))
+    return plan.tensors() + rest
+
+
+def test_whole_captured_step_equals_eager_step_on_cpu():
+    """CapturedStep's computation (uncaptured on CPU): the warm-up step with dedup_intents off
+    gives the trainer's eager step (packed encoder, dedup on) loss and gradients."""
+    from fenrec_dist.model.graphed import CapturedStep
+
+    eager, static = _models()
+    batch = _batch(12, seed=5)
+    reprs = torch.randn(200, D, generator=torch.Generator().manual_seed(1))
+    intents = IntentClusters.fit(reprs, 6, niter=5, seed=0, backend="torch", device="cpu")
+    z = eager(torch.from_numpy(batch["ids"]))
+    want = _loss(eager, z, batch, 0, intents, "cpu")
+    want.backward()
+    want_grads = _grads(eager)
+    step = CapturedStep(list(static.parameters()), _fenrec_compute(static, intents, 0, dedup=False))
+    assert not step.enabled
+    outs = step(*_step_inputs(static, batch, "cpu"))
+    assert float(outs["objective"]) == pytest.approx(float(want.detach()), abs=1e-6)
+    for (name, a), b in zip(static.named_parameters(), want_grads):
+        assert torch.allclose(a.grad, b, atol=1e-6, rtol=1e-5), name
+    assert step.eager_calls == 1 and step.graphs == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_whole_captured_step_replays_equal_eager_on_cuda():
+    from fenrec_dist.model.graphed import CapturedStep
+
+    _, static = _models("cuda")
+    reprs = torch.randn(200, D, device="cuda")
+    intents = IntentClusters.fit(reprs, 6, niter=5, seed=0, backend="torch", device="cuda")
+    compute = _fenrec_compute(static, intents, 0, dedup=False)
+    eager = CapturedStep(list(static.parameters()), compute, enabled=False)
+    captured = CapturedStep(list(static.parameters()), compute, enabled=True)
+    for seed in range(5):
+        inputs = _step_inputs(static, _batch(12 + 4 * (seed % 2), seed), "cuda")
+        want = eager(*inputs)
+        want_grads = _grads(static)
+        got = captured(*inputs)
+        assert torch.allclose(got["objective"], want["objective"], atol=1e-5)
+        for a, b in zip(_grads(static), want_grads):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert captured.graphs == 2

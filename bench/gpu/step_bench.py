@@ -10,7 +10,10 @@ backward and fused Adam step:
 * ``eager``: the trainer's step today (``model.pack_tokens``: the model packs each batch);
 * ``static``: ``model.static_shapes`` (``StaticPlan``: one grid, bucketed token counts), eager;
 * ``graphed``: the static encoder's forward and backward replayed from CUDA graphs
-  (``model/graphed.py``), one pair per shape key.
+  (``model/graphed.py``), one pair per shape key;
+* ``captured``: the whole step (encoder, loss, backward) in one CUDA graph per shape
+  (``CapturedStep``), warm-up phase only: the hard phase's noise negatives are drawn on the
+  host generator, which a graph cannot replay.
 
 For the warm-up phase (epoch 0: in-batch negatives) and the hard phase (epoch
 ``negatives.warmup_epochs``: hard and noise negatives): ``--steps`` batches run once untimed
@@ -31,6 +34,7 @@ batches of ``train.batch_size`` anchors, each with a random training sample of t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import queue
 import sys
@@ -51,7 +55,7 @@ from fenrec_dist.data.dataset import load_prepared  # noqa: E402
 from fenrec_dist.intents import IntentClusters  # noqa: E402
 from fenrec_dist.losses.fenrec import FENRecLoss  # noqa: E402
 from fenrec_dist.model import build_encoder  # noqa: E402
-from fenrec_dist.model.graphed import GraphedEncoder  # noqa: E402
+from fenrec_dist.model.graphed import CapturedStep, GraphedEncoder  # noqa: E402
 from fenrec_dist.model.packing import StaticPlan  # noqa: E402
 
 
@@ -122,8 +126,6 @@ class Runner:
 
     def __init__(self, variant: str, cfg: Config, state: dict, data: Any, device: torch.device,
                  autocast_dtype: torch.dtype | None) -> None:
-        import dataclasses
-
         self.variant = variant
         self.device = device
         self.autocast_dtype = autocast_dtype
@@ -134,33 +136,67 @@ class Runner:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, fused=True)
         self.loss_fn = FENRecLoss(cfg.loss, cfg.negatives)
         self.encoder = GraphedEncoder(self.model, enabled=variant == "graphed" and device.type == "cuda",
-                                      autocast_dtype=autocast_dtype) if variant != "eager" else None
-        self.pin = device.type == "cuda"
+                                      autocast_dtype=autocast_dtype) if variant in ("static", "graphed") else None
+        self.captured: CapturedStep | None = None
+        self.gen = torch.Generator().manual_seed(0)
+        self.epoch = 0
+        self.intents: IntentClusters | None = None
+        if variant == "captured":
+            # the whole step in one graph per shape: dedup_intents off (an exact speed-up that reads a
+            # count on the host; the objective is the same without it)
+            self.loss_fn = FENRecLoss(dataclasses.replace(cfg.loss, dedup_intents=False), cfg.negatives)
+            self.captured = CapturedStep(list(self.model.parameters()), self._compute,
+                                         enabled=device.type == "cuda")
+
+    def _compute(self, *tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The whole step as a function of tensors: plan, target, future, future_len."""
+        *plan, target, future, future_len = tensors
+        ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
+               if self.autocast_dtype is not None else torch.autocast(self.device.type, enabled=False))
+        with ctx:
+            z = self.model.encode_static(StaticPlan.from_tensors(tuple(plan)))
+        z = z.float()
+        b = target.shape[0]
+        parts = self.loss_fn(z[:b], z[b:], self.model.item_weights().float(), target, future, future_len,
+                             self.epoch, self.intents, self.gen)
+        return {"objective": parts.objective if parts.objective is not None else parts.total,
+                "total": parts.total.detach()}
 
     def prepare(self, host: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Background-thread part of a step: the plan (static variants) and pinned host tensors."""
+        """Background-thread part of a step: the plan (static variants) as host tensors. No CUDA
+        call here (a capture on the main thread must not see one); pinning is on the main thread."""
         out: dict[str, Any] = {k: torch.from_numpy(v) for k, v in host.items() if k != "ids"}
-        if self.encoder is not None:
+        if self.variant != "eager":
             out["plan"] = self.model.static_plan(host["ids"], device="cpu")
         else:
             out["ids"] = torch.from_numpy(host["ids"])
-        if self.pin:
-            out = {k: (v.pin_memory() if isinstance(v, torch.Tensor) else
-                       StaticPlan.from_tensors(tuple(t.pin_memory() for t in v.tensors()), v.tokens))
-                   for k, v in out.items()}
         return out
+
+    def _dev(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
 
     def step(self, item: dict[str, Any], epoch: int, intents: IntentClusters | None, gen: torch.Generator,
              sums: torch.Tensor) -> None:
         dev = self.device
-        t = {k: v.to(dev, non_blocking=True) for k, v in item.items() if k in ("target", "future", "future_len")}
+        t = {k: self._dev(v) for k, v in item.items() if k in ("target", "future", "future_len")}
+        if self.captured is not None:
+            self.epoch, self.intents = epoch, intents
+            plan = tuple(self._dev(x) for x in item["plan"].tensors())
+            outs = self.captured(*plan, t["target"], t["future"], t["future_len"])
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            sums += torch.stack([outs["total"].float(), torch.ones((), device=dev)])
+            return
         if self.encoder is not None:
-            z = self.encoder(item["plan"].to(dev, non_blocking=True))
+            plan = StaticPlan.from_tensors(tuple(self._dev(x) for x in item["plan"].tensors()), item["plan"].tokens)
+            z = self.encoder(plan)
         else:  # the trainer's path: the model packs the batch itself (a host round trip for the plan)
             ctx = (torch.autocast(dev.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                    else torch.autocast(dev.type, enabled=False))
             with ctx:
-                z = self.model(item["ids"].to(dev, non_blocking=True))
+                z = self.model(self._dev(item["ids"]))
             z = z.float()
         b = t["target"].shape[0]
         parts = self.loss_fn(z[:b], z[b:], self.model.item_weights().float(), t["target"], t["future"],
@@ -237,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--steps", type=int, default=60, help="timed steps per variant and phase")
-    ap.add_argument("--variants", default="eager,static,graphed")
+    ap.add_argument("--variants", default="eager,static,graphed,captured")
     ap.add_argument("--epoch", default="graphed,eager", help="variants that also run a whole hard-phase epoch")
     ap.add_argument("--out", help="write the JSON here too")
     args = ap.parse_args(argv)
@@ -281,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     for phase, epoch in (("warmup", 0), ("hard", hard_epoch)):
         result["steps"][phase] = {}
         for v in variants:
+            if v == "captured" and phase == "hard" and cfg.negatives.noise_ratio > 0 and "noise" in cfg.negatives.sources:
+                result["steps"][phase][v] = {"skipped": "noise negatives are drawn on the host generator "
+                                                        "(losses/noise_negatives.py draw_noise): not capturable"}
+                continue
             r = Runner(v, cfg, state, data, device, autocast_dtype)
 
             def go(r: Runner = r, epoch: int = epoch) -> dict[str, Any]:
@@ -289,13 +329,15 @@ def main(argv: list[str] | None = None) -> int:
                 out["first_pass_s"] = first["seconds"]
                 if r.encoder is not None:
                     out["graphs"], out["eager_encoder_calls"] = r.encoder.graphs, r.encoder.eager_calls
+                if r.captured is not None:
+                    out["graphs"], out["eager_steps"] = r.captured.graphs, r.captured.eager_calls
                 return out
 
             result["steps"][phase][v] = stage(f"steps {phase} {v}", go, device, log)
             del r
         eager = result["steps"][phase].get("eager", {}).get("samples_per_s")
         for v in variants:
-            if eager and v != "eager":
+            if eager and v != "eager" and "samples_per_s" in result["steps"][phase][v]:
                 result["steps"][phase][v]["speedup_vs_eager"] = round(result["steps"][phase][v]["samples_per_s"] / eager, 3)
     for v in [v for v in args.epoch.split(",") if v]:
         r = Runner(v, cfg, state, data, device, autocast_dtype)

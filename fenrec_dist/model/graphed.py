@@ -12,6 +12,10 @@ and phase works unchanged; gradients reach the parameters through the graphed ba
 Where CUDA graphs cannot run (CPU, or ``enabled=False``) the same call runs
 ``SASRec.encode_static`` eagerly: the step's values are the graphed step's, which the CPU tests
 compare with the eager packed step (tests/test_graph_step.py).
+
+``CapturedStep`` captures a whole step (encoder, loss and backward) in one graph per shape, for
+objectives that read nothing on the host and draw no host random numbers (the warm-up phase
+today; the hard phase once its noise negatives are drawn on the device).
 """
 
 from __future__ import annotations
@@ -109,3 +113,97 @@ class GraphedEncoder:
                 return self._eager(*plan.tensors())
             self._graphed[key] = fn
         return fn(*plan.tensors())
+
+
+StepOutputs = dict[str, torch.Tensor]
+
+
+class CapturedStep:
+    """A whole step's forward, loss and backward captured per input shape (one CUDA graph each);
+    the optimizer step runs eagerly after the replay (fused Adam: a few launches).
+
+    For objectives whose computation reads nothing on the host and draws no host random numbers
+    (FENRec's warm-up phase with ``loss.dedup_intents`` off, an exact speed-up whose absence
+    changes no value, and the intents' torch backend). The hard phase's noise negatives are drawn
+    on the host generator (``losses/noise_negatives.py``), so that phase needs ``GraphedEncoder``
+    until they are drawn on the device.
+
+    Args:
+        params: the parameters whose gradients the step computes (``.grad`` is set on return).
+        compute: inputs (tensors) -> dict of scalar tensors with "objective" (back-propagated);
+            the others are reported detached (e.g. loss terms, accumulated on the device).
+        enabled: capture CUDA graphs (default: when the parameters are on CUDA); otherwise the
+            same computation runs eagerly each call.
+        warmup: eager iterations on a side stream before each capture (forward and backward;
+            their gradients are dropped, no parameter changes).
+        max_graphs: input shapes captured at most; further shapes run eagerly.
+
+    ``__call__(*inputs)`` -> the dict, detached: with capture, tensors the next replay of the same
+    shape overwrites (copy or accumulate them before the next call).
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], compute: Callable[..., StepOutputs],
+                 enabled: bool | None = None, warmup: int = 3, max_graphs: int = 16) -> None:
+        self.params = list(params)
+        self.compute = compute
+        dev = self.params[0].device
+        self.enabled = (dev.type == "cuda") if enabled is None else bool(enabled)
+        if self.enabled and dev.type != "cuda":
+            raise ValueError("CapturedStep: CUDA graphs need the parameters on a CUDA device")
+        self.warmup = warmup
+        self.max_graphs = max_graphs
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], StepOutputs,
+                                        list[torch.Tensor | None]]] = {}
+        self.eager_calls = 0
+
+    @property
+    def graphs(self) -> int:
+        return len(self._graphs)
+
+    def _zero(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _eager(self, inputs: tuple[torch.Tensor, ...]) -> StepOutputs:
+        self.eager_calls += 1
+        self._zero()
+        outs = self.compute(*inputs)
+        outs["objective"].backward()
+        return {k: v.detach() for k, v in outs.items()}
+
+    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        static = [t.clone() for t in inputs]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self._zero()
+                self.compute(*static)["objective"].backward()
+        torch.cuda.current_stream().wait_stream(side)
+        self._zero()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads may plan batches
+            outs = self.compute(*static)
+            outs["objective"].backward()
+        outs = {k: v.detach() for k, v in outs.items()}
+        self._graphs[self._key(inputs)] = (graph, static, outs, [p.grad for p in self.params])
+
+    @staticmethod
+    def _key(inputs: tuple[torch.Tensor, ...]) -> tuple:
+        return tuple((tuple(t.shape), t.dtype) for t in inputs)
+
+    def __call__(self, *inputs: torch.Tensor) -> StepOutputs:
+        if not self.enabled:
+            return self._eager(inputs)
+        key = self._key(inputs)
+        if key not in self._graphs:
+            if len(self._graphs) >= self.max_graphs:
+                return self._eager(inputs)
+            self._capture(inputs)
+        graph, static, outs, grads = self._graphs[key]
+        for s, t in zip(static, inputs):
+            s.copy_(t, non_blocking=True)
+        graph.replay()
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        return outs
