@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, get_args, get_origin
+from typing import Any, Callable, Iterable, Literal, get_args, get_origin
 
 import yaml
 
@@ -463,6 +463,37 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _bf16_to_precision(v: Any, key: str) -> str:
+    table = {"auto": "auto", "true": "bf16", "false": "fp32", True: "bf16", False: "fp32"}
+    if v not in table:
+        raise ConfigError(f"{key}: {v!r} is not one of auto, true, false (the key is now train.precision: "
+                          f"auto, bf16 or fp32)", keys=[key])
+    return table[v]
+
+
+# earlier key -> (the key that replaced it, value conversion): saved run configs keep loading
+MOVED: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
+    "deepspeed.bf16": ("train.precision", _bf16_to_precision),
+}
+
+
+def upgrade_keys(raw: Any) -> Any:
+    """A nested config mapping with earlier key names (``MOVED``) renamed to the current ones."""
+    if not isinstance(raw, dict):
+        return raw
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for old, (new, convert) in MOVED.items():
+        o_sec, o_name = old.split(".")
+        n_sec, n_name = new.split(".")
+        sec = out.get(o_sec)
+        if isinstance(sec, dict) and o_name in sec:
+            value = convert(sec.pop(o_name), old)
+            target = out.setdefault(n_sec, {})
+            if isinstance(target, dict):
+                target.setdefault(n_name, value)
+    return out
+
+
 def _merge_into(obj: Any, values: dict[str, Any], prefix: str) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(values).__name__}",
@@ -499,6 +530,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def apply_override(cfg: Config, key: str, value: Any) -> None:
     """Set the dotted ``key`` of ``cfg`` to ``value`` with type checking."""
+    if key in MOVED:  # an earlier name: set the key that replaced it
+        key, value = MOVED[key][0], MOVED[key][1](value, key)
     parts = key.split(".")
     obj: Any = cfg
     for i, p in enumerate(parts[:-1]):
@@ -521,7 +554,7 @@ def load_config(
         p = Path(path)
         raw = read_yaml(p) or {}
         try:
-            _merge_into(cfg, raw, "")
+            _merge_into(cfg, upgrade_keys(raw), "")
         except ConfigError as exc:
             raise ConfigError(f"{p}: {exc}", keys=exc.keys) from exc
     for ov in overrides or []:
@@ -569,7 +602,7 @@ def apply_resume_overrides(cfg: Config, overrides: list[str]) -> list[tuple[str,
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a Config from ``to_dict`` output (used by workers and resume)."""
     cfg = Config()
-    _merge_into(cfg, values, "")
+    _merge_into(cfg, upgrade_keys(values), "")
     validate(cfg)
     return cfg
 

@@ -60,10 +60,10 @@ def test_sigterm_stops_a_local_run_resumably(tiny_data, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert f"fenrec train --resume {run} --local" in err and "Traceback" not in err
-    # the finished epochs: last.pt and metrics.jsonl agree (an epoch's commit is not interrupted)
-    from fenrec_dist.train.checkpoint import load_state
+    # the finished epochs: the newest checkpoint and metrics.jsonl agree (an epoch's commit is not interrupted)
+    from fenrec_dist.train import layout
 
-    done = load_state(run / "checkpoints" / "last.pt")["epoch"]
+    done = layout.checkpoint_epoch(layout.newest(layout.candidates(run)))
     lines = len(metrics.read_text().splitlines())
     assert lines == done and 2 <= done < 40 and not (run / "final.json").exists()
     # --resume refuses to change what the run computes, and leaves the run as it was
@@ -149,8 +149,8 @@ def test_embedded_ray_also_quiets_the_autoscaler_request_warning(monkeypatch):
 
 
 def test_evaluate_rescores_the_best_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
-    """`fenrec evaluate RUN_DIR` scores best.pt again (not last.pt, not final.json): its test
-    metrics are final.json's, and those of an independent full ranking with best.pt's weights."""
+    """`fenrec evaluate RUN_DIR` scores the best weights again (not the last, not final.json): its
+    test metrics are final.json's, and those of an independent full ranking with those weights."""
     import numpy as np
     import torch
 
@@ -161,16 +161,17 @@ def test_evaluate_rescores_the_best_checkpoint(tiny_data, tmp_path, capsys, monk
     from fenrec_dist.model import build_encoder
     from fenrec_dist.train import trainer as single
     from fenrec_dist.train.checkpoint import load_state
+    from fenrec_dist.train.local import train_local
 
     run = tmp_path / "run"
-    script = iter([0.9, 0.1])  # epoch 0 validates best, so best.pt != last.pt
+    script = iter([0.9, 0.1])  # epoch 0 validates best, so the best weights are not the last
     real = single.evaluate
     with monkeypatch.context() as mp:
-        mp.setattr(single, "evaluate_split", lambda m, d, c, split, dev: (
+        mp.setattr(single, "evaluate", lambda m, d, c, split, dev: (
             real(m, d, c, split, dev) if split == "test" else {**real(m, d, c, split, dev), "NDCG@20": next(script, 0.0)}))
-        final = single.train_local(load_config(None, tiny_overrides(tiny_data, train__epochs=2)), run,
-                                    log=lambda *_: None)
-    assert final["best_epoch"] == 0 and load_state(run / "checkpoints" / "last.pt")["epoch"] == 2
+        final = train_local(load_config(None, tiny_overrides(tiny_data, train__epochs=2)), run, log=lambda *_: None)
+    ckpt = run / "checkpoints" / "checkpoint_000002"
+    assert final["best_epoch"] == 0 and load_state(ckpt / "state.pt")["epoch"] == 2
     (run / "final.json").unlink()
     capsys.readouterr()
     assert main(["evaluate", str(run)]) == 0
@@ -182,7 +183,7 @@ def test_evaluate_rescores_the_best_checkpoint(tiny_data, tmp_path, capsys, monk
     cfg = load_config(None, tiny_overrides(tiny_data))
     data = load_prepared(tiny_data, max_len=10, horizon=2)
     model = build_encoder(cfg.model, data.num_items, data.max_len)
-    model.load_state_dict(load_state(run / "checkpoints" / "best.pt")["model"])
+    model.load_state_dict(load_state(ckpt / "best.pt")["model"])
     model.eval()
     w = model.item_emb.weight.detach()
     for split in ("valid", "test"):

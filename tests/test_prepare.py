@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fenrec_dist.data.errors import DataError
-from fenrec_dist.data.prepare import prepare, sha256_file
+from fenrec_dist.data.prepare import target_shard, prepare, sha256_file
 
 
 def write_seq(path: Path, lines: list[str]) -> Path:
@@ -77,7 +77,7 @@ def test_three_users_exact(tmp_path: Path) -> None:
         {"user": 1, "history": [10, 11, 12], "valid": 13, "test": 14},
         {"user": 2, "history": [20], "valid": 21, "test": 22},
     ]
-    assert m["format_version"] == 1 and m["id_maps"] is None
+    assert m["format_version"] == 2 and m["id_maps"] is None and m["sharding"] == "target"
     assert m["source"]["sha256"] == sha256_file(src) and m["source"]["format"] == "seq"
     assert m["config"]["max_len"] == 50 and m["config"]["num_shards"] == 2
     assert len(m["shards"]) == 2
@@ -110,14 +110,19 @@ def test_canonical_order_independent_of_line_order_and_partitions(tmp_path: Path
         assert read_samples(out) == want_s
         assert read_eval(out) == want_e
         assert m["items"] == max(x for s in seqs.values() if len(s) >= 3 for x in s)
-        # a user's samples all lie in one shard; shards cover contiguous sample_id ranges
+        # all samples of one target (ICSRec partners) lie in one shard, the one target_shard names;
+        # rows ascend by sample_id within a shard (one partition), the manifest records their range
         owner: dict[int, int] = {}
         for k, s in enumerate(m["shards"]):
             t = pq.read_table(out / s["file"])
             ids = t.column("sample_id").to_numpy()
             if len(ids):
-                assert s["sample_ids"] == [ids.min(), ids.max() + 1] and len(ids) == ids.max() + 1 - ids.min()
-            for u in set(t.column("user").to_pylist()):
+                assert s["sample_id_range"] == [ids.min(), ids.max() + 1]
+                if parts == 1:
+                    assert (np.diff(ids) > 0).all()
+            targets = t.column("target").to_numpy()
+            assert (target_shard(targets, 3) == k).all()
+            for u in set(targets.tolist()):
                 assert owner.setdefault(u, k) == k
             meta = pq.ParquetFile(out / s["file"]).metadata
             sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]

@@ -249,7 +249,7 @@ def test_resumed_run_keeps_best_epoch_and_stop_epoch_of_an_uninterrupted_one(tin
     strip = lambda f: {k: v for k, v in f.items() if k != "checkpoint"}  # noqa: E731
     assert strip(resumed) == strip(full) and full["best_epoch"] == 1 and full["valid"]["NDCG@20"] == 0.3
     assert load_state(tmp_path / "cut" / "checkpoints" / "checkpoint_000004" / "best.pt")["epoch"] == 1
-    assert load_state(tmp_path / "cut" / "checkpoints" / "last.pt")["epoch"] == 4
+    assert load_state(tmp_path / "cut" / "checkpoints" / "checkpoint_000004" / "state.pt")["epoch"] == 4
 
 
 def test_intents_are_clustered_once_per_epoch(tiny_data, tmp_path, monkeypatch):

@@ -135,6 +135,7 @@ def train_local(cfg: Config, run_dir: Path, resume: bool = False, log=print) -> 
 
     run_dir = Path(run_dir)
     read_manifest(cfg.data.path)  # a DataError naming the file before the run directory exists
+    resolve_device(cfg.train.device)  # so is a device this machine lacks
     done = len(read_metrics(run_dir)) if resume else 0
     if resume and done and not layout.candidates(run_dir) and not (run_dir / "checkpoints" / "last.pt").exists():
         raise CheckpointError(f"{run_dir / 'checkpoints'}: checkpoint missing, but {run_dir / 'metrics.jsonl'} "
