@@ -2,7 +2,7 @@
 """Training steps on large synthetic catalogues: full against sampled L_rec.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/scale/bench_catalogue.py \
-        [--sizes 12000 100000 1000000] [--modes full sampled] [--steps 50] [--mined 0]
+        [--sizes 12000 100000 1000000] [--modes full sampled] [--steps 50] [--mined 0 64 256]
 
 For every catalogue size and mode a fresh child process (1 thread) builds the Beauty SASRec
 (configs/beauty.yaml: d = 64, 2 blocks, max_len 50) over the catalogue and runs ``--steps``
@@ -10,8 +10,9 @@ FENRec steps after the warm-up (soft-label L_rec, coarse and fine intent contras
 noise negatives; 256 random intents) on synthetic batches of 256 anchors + 256 partners:
 input lengths 1..50 (geometric, mean about 9 as Beauty's samples), items, targets and their
 2-item windows drawn from a Zipf(1.1) popularity. One step = encoder forward, loss, backward,
-optimizer step (for ``sampled`` with ``--mined`` > 0 also the item-index search of the anchors'
-hard items, the index built once before the steps: its build time is reported as the refresh).
+optimizer step (for ``sampled`` with a ``--mined`` K > 0 also the item-index search of the
+anchors' K hard items, the index built once before the steps: its build time is reported as the
+refresh). ``sampled`` runs once per value of ``--mined``.
 
 - full: ``loss.rec_softmax: full`` and today's fused dense Adam;
 - sampled: ``loss.rec_softmax: sampled`` (in-batch + ``--random`` popularity draws with logQ,
@@ -155,40 +156,40 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--random", type=int, default=1024)
-    ap.add_argument("--mined", type=int, default=0)
+    ap.add_argument("--mined", type=int, nargs="+", default=[0, 64, 256])
     ap.add_argument("--out", default=str(ROOT / "bench" / "scale" / "results" / "catalogue.json"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
+        args.mined = args.mined[0]
         print(json.dumps(child(args)))
         return 0
     from _result import write_result
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     runs = []
-    for size in args.sizes:
-        for mode in args.modes:
+    jobs = [(size, mode, k) for size in args.sizes for mode in args.modes
+            for k in (args.mined if mode == "sampled" else [0])]
+    for size, mode, k in jobs:
             cmd = [sys.executable, __file__, "--child", "--size", str(size), "--mode", mode, "--steps", str(args.steps),
-                   "--batch", str(args.batch), "--random", str(args.random), "--mined", str(args.mined)]
+                   "--batch", str(args.batch), "--random", str(args.random), "--mined", str(k)]
             t0 = time.perf_counter()
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
-                runs.append({"items": size, "mode": mode, "error": out.stderr.strip().splitlines()[-1:]})
+                runs.append({"items": size, "mode": mode, "mined": k, "error": out.stderr.strip().splitlines()[-1:]})
             else:
                 runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             runs[-1]["wall_s"] = time.perf_counter() - t0
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-    ok = {(r["items"], r["mode"]): r for r in runs if "error" not in r}
-    summary = {}
     small = min(args.sizes)
-    for size in args.sizes:
-        for mode in args.modes:
-            r = ok.get((size, mode))
-            ref = ok.get((small, "full"))
-            if r is not None and ref is not None:
-                summary[f"{mode}@{size}_over_full@{small}"] = r["step_ms_median"] / ref["step_ms_median"]
+    ref = next((r for r in runs if "error" not in r and r["items"] == small and r["mode"] == "full"), None)
+    summary = {}
+    for r in runs:
+        if "error" not in r and ref is not None:
+            name = r["mode"] if r["mode"] == "full" else f"sampled_mined{r['mined']}"
+            summary[f"{name}@{r['items']}_over_full@{small}"] = r["step_ms_median"] / ref["step_ms_median"]
     return write_result(args.out, {"benchmark": "catalogue", "threads": 1, "runs": runs, "ratios": summary,
                                    "goal": "sampled at 1M items <= 1.5x the 12k-item full step; peak RSS at 1M < 3 GiB"})
 
