@@ -20,7 +20,8 @@ For the warm-up phase (epoch 0: in-batch negatives) and the hard phase (epoch
 (graphs are captured then: ``first_pass_s``), then again timed. The epoch-start pass is timed
 too (eval-mode representations of every training sample on the device, then k-means with
 ``intents.backend``, torch on CUDA without faiss-gpu), and ``--epoch`` variants run a whole
-hard-phase epoch of batches (captures included). Static-shape batches are planned on a
+hard-phase epoch of batches (captures included). ``--profile-steps`` hard-phase steps of the eager
+and graphed variants run under torch.profiler (kernel launches per step, top operators). Static-shape batches are planned on a
 background thread into pinned host memory and copied asynchronously; losses are summed on the
 device and read once per stage. Prints one JSON line (also written to ``--out``) with
 wall-clock start/end (``t0``/``t1``, time.time()) of every stage for the GPU-utilisation
@@ -226,6 +227,44 @@ class Runner:
                 "step_ms": round(1000 * seconds / max(len(indices), 1), 3), "mean_loss": round(total / max(steps, 1), 5)}
 
 
+def profile_steps(r: Runner, batches: Batches, indices: list[int], epoch: int, intents: IntentClusters | None,
+                  device: torch.device) -> dict[str, Any]:
+    """torch.profiler over the steps of ``indices`` (plans prepared beforehand): kernel launches
+    (CUDA) or aten calls (CPU) per step, and the ten operators with the most self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    items = [r.prepare(batches.host(i)) for i in indices]
+    gen = torch.Generator().manual_seed(5)
+    sums = torch.zeros(2, device=device)
+    sync(device)
+    with profile(activities=acts) as prof:
+        for item in items:
+            r.step(item, epoch, intents, gen, sums)
+        sync(device)
+    ka = prof.key_averages()
+    n = max(len(items), 1)
+
+    def self_us(e: Any) -> float:
+        if device.type == "cuda":
+            return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
+        return float(e.self_cpu_time_total)
+
+    launch_keys = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+    out: dict[str, Any] = {
+        "steps": len(items),
+        "aten_calls_per_step": round(sum(e.count for e in ka if e.key.startswith("aten::")) / n, 1),
+    }
+    if device.type == "cuda":
+        out["kernel_launches_per_step"] = round(sum(e.count for e in ka if e.key in launch_keys) / n, 1)
+        out["graph_launches_per_step"] = round(sum(e.count for e in ka if e.key == "cudaGraphLaunch") / n, 1)
+        out["memcpy_per_step"] = round(sum(e.count for e in ka if e.key.startswith("cudaMemcpy")) / n, 1)
+        out["sync_per_step"] = round(sum(e.count for e in ka if "Synchronize" in e.key) / n, 1)
+    top = sorted((e for e in ka if self_us(e) > 0 and not e.key.startswith("cuda")), key=self_us, reverse=True)[:10]
+    out["top_self_ms_per_step"] = [[e.key[:60], round(e.count / n, 1), round(self_us(e) / 1000 / n, 4)] for e in top]
+    return out
+
+
 @torch.no_grad()
 def epoch_start(model: torch.nn.Module, data: Any, cfg: Config, epoch: int, device: torch.device
                 ) -> tuple[IntentClusters, dict[str, Any]]:
@@ -275,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=60, help="timed steps per variant and phase")
     ap.add_argument("--variants", default="eager,static,graphed,captured")
     ap.add_argument("--epoch", default="graphed,eager", help="variants that also run a whole hard-phase epoch")
+    ap.add_argument("--profile-steps", type=int, default=5, help="profiled hard-phase steps, eager and graphed (0: none)")
     ap.add_argument("--out", help="write the JSON here too")
     args = ap.parse_args(argv)
 
@@ -329,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
                 out["first_pass_s"] = first["seconds"]
                 if r.encoder is not None:
                     out["graphs"], out["eager_encoder_calls"] = r.encoder.graphs, r.encoder.eager_calls
+                    out["capture_failure"] = r.encoder.failure
                 if r.captured is not None:
                     out["graphs"], out["eager_steps"] = r.captured.graphs, r.captured.eager_calls
+                    out["capture_failure"] = r.captured.failure
                 return out
 
             result["steps"][phase][v] = stage(f"steps {phase} {v}", go, device, log)
@@ -339,6 +381,15 @@ def main(argv: list[str] | None = None) -> int:
         for v in variants:
             if eager and v != "eager" and "samples_per_s" in result["steps"][phase][v]:
                 result["steps"][phase][v]["speedup_vs_eager"] = round(result["steps"][phase][v]["samples_per_s"] / eager, 3)
+    if args.profile_steps > 0:
+        result["profile_hard"] = {}
+        for v in [v for v in ("eager", "graphed") if v in variants]:
+            r = Runner(v, cfg, state, data, device, autocast_dtype)
+            prof_idx = indices[: args.profile_steps]
+            r.run(batches, prof_idx, hard_epoch, intents, seed=4)  # captures first
+            result["profile_hard"][v] = stage(f"profile hard {v}", lambda r=r: profile_steps(
+                r, batches, prof_idx, hard_epoch, intents, device), device, log)
+            del r
     for v in [v for v in args.epoch.split(",") if v]:
         r = Runner(v, cfg, state, data, device, autocast_dtype)
 
@@ -346,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             out = r.run(batches, list(range(n)), hard_epoch, intents, seed=3)
             if r.encoder is not None:
                 out["graphs"], out["eager_encoder_calls"] = r.encoder.graphs, r.encoder.eager_calls
+                out["capture_failure"] = r.encoder.failure
             return out
 
         result["epoch"][v] = stage(f"epoch hard {v}", whole, device, log)

@@ -81,7 +81,7 @@ class GraphedEncoder:
         self._eager = _StaticEncoder(model, autocast_dtype)
         self._graphed: dict[tuple[int, int, int], Callable[..., torch.Tensor]] = {}
         self.eager_calls = 0
-        self._failed = False
+        self.failure: str | None = None  # why capture was given up, when it was
 
     @property
     def graphs(self) -> int:
@@ -94,7 +94,7 @@ class GraphedEncoder:
                                                  allow_unused_input=True)
 
     def __call__(self, plan: StaticPlan) -> torch.Tensor:
-        if not (self.enabled and self.model.training) or self._failed:
+        if not (self.enabled and self.model.training) or self.failure is not None:
             self.eager_calls += 1
             return self._eager(*plan.tensors())
         key = plan.key
@@ -106,9 +106,8 @@ class GraphedEncoder:
             try:
                 fn = self._capture(plan)
             except Exception as exc:  # capture is an optimisation: fall back to the eager encoder
-                warnings.warn(f"GraphedEncoder: capture of shape {key} failed ({type(exc).__name__}: {exc}); "
-                              f"running the encoder eagerly from now on")
-                self._failed = True
+                self.failure = f"capture of shape {key} failed: {type(exc).__name__}: {exc}"
+                warnings.warn(f"GraphedEncoder: {self.failure}; running the encoder eagerly from now on")
                 self.eager_calls += 1
                 return self._eager(*plan.tensors())
             self._graphed[key] = fn
@@ -155,6 +154,7 @@ class CapturedStep:
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], StepOutputs,
                                         list[torch.Tensor | None]]] = {}
         self.eager_calls = 0
+        self.failure: str | None = None  # why capture was given up, when it was
 
     @property
     def graphs(self) -> int:
@@ -193,13 +193,19 @@ class CapturedStep:
         return tuple((tuple(t.shape), t.dtype) for t in inputs)
 
     def __call__(self, *inputs: torch.Tensor) -> StepOutputs:
-        if not self.enabled:
+        if not self.enabled or self.failure is not None:
             return self._eager(inputs)
         key = self._key(inputs)
         if key not in self._graphs:
             if len(self._graphs) >= self.max_graphs:
                 return self._eager(inputs)
-            self._capture(inputs)
+            try:
+                self._capture(inputs)
+            except Exception as exc:  # e.g. an op that reads a value on the host: run eagerly
+                self.failure = f"capture of shapes {key} failed: {type(exc).__name__}: {exc}"
+                warnings.warn(f"CapturedStep: {self.failure}; running the step eagerly from now on")
+                torch.cuda.synchronize()
+                return self._eager(inputs)
         graph, static, outs, grads = self._graphs[key]
         for s, t in zip(static, inputs):
             s.copy_(t, non_blocking=True)
