@@ -30,7 +30,10 @@ class Arm:
         self.cfg = cfg
         self.data = mod("data.dataset").load_prepared(data_dir, max_len=cfg.data.max_len)
         self.device = torch.device("cpu")
-        self.model = mod("train.single").build_model(cfg, self.data, self.device)
+        try:  # one trainer for every runtime (train/trainer.py)
+            self.model = mod("train.trainer").build_model(cfg, self.data.num_items, self.data.max_len, self.device)
+        except ModuleNotFoundError:  # a baseline revision from before it
+            self.model = mod("train.single").build_model(cfg, self.data, self.device)
         if state is not None:
             self.model.load_state_dict(state)
         self.loop = mod("train.loop")
