@@ -175,6 +175,13 @@ def test_links_exist_and_nothing_outside_the_repository(doc: Path) -> None:
     assert "FENREC.md" not in text
 
 
+@pytest.mark.parametrize("doc", [d for d in DOCS if d.parent.name != "bench"], ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_docs_are_for_users(doc: Path) -> None:
+    """Facts and commands, not a lab notebook: no work history, issue numbers or dates."""
+    found = re.findall(r"\bsessions?\b|\bissue #?\d+|\b20\d\d-\d\d-\d\d\b", doc.read_text(), flags=re.I)
+    assert not found, f"{doc.name}: {found}"
+
+
 def test_readme_shape() -> None:
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 200
