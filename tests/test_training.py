@@ -803,3 +803,24 @@ def test_a_run_resumes_the_way_it_was_trained(finished_run, tmp_path, capsys):
     rc, _, err = _cli(capsys, "train", "--resume", str(dist), "--local")
     assert rc == 2 and "was trained by Ray Train workers (its checkpoint_* directories): resume it without --local" in err, err
     assert (dist / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()
+
+
+def test_the_learning_rate_schedule_reaches_the_optimizer(tiny_data, tmp_path):
+    """train.lr_warmup_epochs / lr_schedule: the rate of the last step of each epoch is
+    lr * lr_factor(epoch, steps - 1, steps), as the checkpoint's optimizer state shows."""
+    from fenrec_dist.train.checkpoint import load_state
+    from fenrec_dist.train.schedule import lr_factor
+
+    cfg = _cfg(tiny_data, train__epochs=3, train__lr_warmup_epochs=1, train__lr_schedule="cosine",
+               train__lr_min_ratio=0.1)
+    run = tmp_path / "run"
+    train_local(cfg, run, log=lambda *_: None)
+    from fenrec_dist.data.shards import load_rank_data
+
+    n = len(load_rank_data(tiny_data).train)
+    steps = -(-n // cfg.train.batch_size)
+    for epoch in (1, 2):
+        st = load_state(run / "checkpoints" / f"checkpoint_{epoch + 1:06d}" / "state.pt")
+        want = cfg.train.lr * lr_factor(epoch, steps - 1, steps, cfg.train)
+        assert st["optimizer"]["param_groups"][0]["lr"] == pytest.approx(want, rel=1e-12)
+    assert want < cfg.train.lr

@@ -68,6 +68,10 @@ class DeepSpeedEngine:
         self.engine.backward(loss)
         self.engine.step()
 
+    def set_lr(self, lr: float) -> None:
+        for g in self.engine.optimizer.param_groups:
+            g["lr"] = lr
+
     def state(self) -> dict[str, Any]:
         return {}
 

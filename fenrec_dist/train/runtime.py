@@ -37,6 +37,9 @@ class Engine(Protocol):
 
     def step(self, loss: torch.Tensor) -> None: ...
 
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next steps (``train.schedule``)."""
+
     def state(self) -> dict[str, Any]:
         """Entries of rank 0's state.pt beside the model (the optimizer's state)."""
 
@@ -66,6 +69,10 @@ class TorchEngine:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def set_lr(self, lr: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
 
     def state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}

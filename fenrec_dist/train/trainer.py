@@ -34,6 +34,7 @@ from fenrec_dist.train.early_stopping import EarlyStopping
 from fenrec_dist.train.loop import StepFn, embed, evaluate_sums, train_epoch
 from fenrec_dist.train.memory import release_free_memory
 from fenrec_dist.train.runtime import Engine, Runtime, precision_context
+from fenrec_dist.train.schedule import lr_factor
 
 BATCH_ORDER_STREAM = 1 << 20  # epoch_rng stream of the batch order, shared by the ranks (see epoch_batches)
 SAMPLE_STREAM = 1 << 21       # epoch_rng stream of the k-means sample
@@ -158,6 +159,21 @@ def _with_hook(step: StepFn, hook: Callable[[], None] | None) -> StepFn:
     return wrapped
 
 
+def _scheduled(step: StepFn, engine: Engine, cfg: Config, epoch: int, steps: int) -> StepFn:
+    """``step`` with the learning rate of ``train.schedule.lr_factor`` set before each optimizer
+    step; ``step`` itself under the default constant schedule (the rate is never touched)."""
+    if cfg.train.lr_warmup_epochs == 0 and cfg.train.lr_schedule == "constant":
+        return step
+    count = [0]
+
+    def wrapped(loss: torch.Tensor) -> None:
+        engine.set_lr(cfg.train.lr * lr_factor(epoch, count[0], steps, cfg.train))
+        count[0] += 1
+        step(loss)
+
+    return wrapped
+
+
 def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
@@ -260,7 +276,8 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
                                 cfg.train.length_grouping, cfg.train.length_bucket_batches,
                                 order_rng=epoch_rng(cfg.train.seed, epoch, BATCH_ORDER_STREAM) if world > 1 else None)
         batches = batches[: C.all_reduce_min(len(batches), device)]  # collectives need equal step counts
-        res = train_epoch(engine.net, engine.module, _with_hook(engine.step, fault_hook(epoch, rank)), data.train,
+        step = _scheduled(_with_hook(engine.step, fault_hook(epoch, rank)), engine, cfg, epoch, len(batches))
+        res = train_epoch(engine.net, engine.module, step, data.train,
                           partners, data.train, batches, loss_fn, epoch, intents, cfg.train.seed, device, rank=rank,
                           progress=rt.progress, num_batches=len(batches), autocast=autocast, index=index,
                           trim_every=cfg.train.trim_every, trim_growth_mib=cfg.train.trim_growth_mib)
