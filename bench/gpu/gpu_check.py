@@ -9,8 +9,9 @@ reported as skipped, never silently dropped):
 
 1. ``preflight``: torch, CUDA, and the modules the CLI needs (yaml, tqdm, pyarrow); a missing one
    ends the check with a message naming the wheel to carry (``bench/gpu/fetch_wheels.sh``).
-2. ``tests``: ``pytest tests/test_graph_step.py tests/test_buckets.py`` (the CUDA-graph replay test
-   runs only on a GPU).
+2. ``tests``: ``pytest tests/test_graph_step.py tests/test_buckets.py tests/test_torch_kmeans.py``
+   (the CUDA-graph replays and the torch k-means on CUDA run only on a GPU; FAISS comparisons
+   only with faiss installed).
 3. ``data``: Beauty when found (``--data``, ``$FENREC_BEAUTY``, ``data/gpu_check/Beauty.txt``,
    ``shared/data/Beauty.txt``, ``../shared/data/Beauty.txt``), prepared with ``fenrec prepare``;
    else a Beauty-shaped synthetic log (``fenrec synth`` 22,363 users, 12,101 items, 8.9 a user).
@@ -184,8 +185,8 @@ class Check:
         return True
 
     def tests(self) -> None:
-        cmd = [self.py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_graph_step.py",
-               "tests/test_buckets.py"]
+        cmd = [self.py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests/test_graph_step.py",
+               "tests/test_buckets.py", "tests/test_torch_kmeans.py"]
         rc, out, info = self.run("tests", cmd, 150)
         info["summary"] = (out.strip().splitlines() or [""])[-1][:300]
         self.result["stages"]["tests"] = info
