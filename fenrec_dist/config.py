@@ -165,6 +165,8 @@ class ModelConfig:
                                   "(each distinct count is one captured graph).", ge(1))
     width_multiple: int = _f(16, "static_shapes: the attention grid's width (longest row) is rounded up to a "
                                  "multiple of this, at most the input width.", ge(1))
+    cuda_graphs: bool = _f(False, "With static_shapes, on CUDA: training calls replay the encoder's forward and "
+                                  "backward from CUDA graphs captured once per shape (model/graphed.py).")
 
 
 @dataclass

@@ -176,3 +176,46 @@ def test_whole_captured_step_replays_equal_eager_on_cuda():
         for a, b in zip(_grads(static), want_grads):
             assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
     assert captured.graphs == 2
+
+
+def test_cuda_graphs_flag_is_transparent_off_cuda():
+    """model.cuda_graphs: on CPU forward takes the static path (no graphs); the graphs live
+    outside the module's state: state_dict, deepcopy and pickling are unchanged."""
+    import copy
+    import pickle
+
+    _, static = _models()
+    graphs = SASRec(dataclasses.replace(static.cfg, cuda_graphs=True), ITEMS, MAX_LEN).train()
+    graphs.load_state_dict(static.state_dict())
+    ids = torch.from_numpy(_batch(8, seed=2)["ids"])
+    assert torch.equal(graphs(ids), static(ids))
+    enc = graphs.graphed_encoder()
+    assert not enc.enabled and graphs.graphed_encoder() is enc
+    assert list(graphs.state_dict()) == list(static.state_dict())
+    twin = copy.deepcopy(graphs)
+    assert "_graphed_encoder" not in twin.__dict__ and torch.equal(twin(ids), graphs(ids))
+    assert "_graphed_encoder" not in pickle.loads(pickle.dumps(graphs)).__dict__
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_model_forward_with_cuda_graphs_under_the_trainers_autocast():
+    """model(ids) inside torch.autocast(bf16) (the trainer's CUDA policy, weight cache on) with
+    model.cuda_graphs: captured per shape, the values of the uncaptured static path."""
+    _, static = _models("cuda")
+    graphs = SASRec(dataclasses.replace(static.cfg, cuda_graphs=True), ITEMS, MAX_LEN).cuda().train()
+    graphs.load_state_dict(static.state_dict())
+    for seed in range(4):
+        ids = torch.from_numpy(_batch(12 + 4 * (seed % 2), seed)["ids"]).cuda()
+        w = torch.randn(ids.shape[0], D, device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            want = static(ids).float()
+        (want * w).sum().backward()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = graphs(ids).float()
+        (got * w).sum().backward()
+        assert torch.allclose(got, want, atol=2e-2, rtol=2e-2)
+        for a, b in zip(graphs.parameters(), static.parameters()):
+            assert torch.allclose(a.grad, b.grad, atol=2e-2, rtol=5e-2)
+        graphs.zero_grad(set_to_none=True), static.zero_grad(set_to_none=True)
+    enc = graphs.graphed_encoder()
+    assert enc.failure is None and enc.graphs == 2 and enc.eager_calls == 0

@@ -22,20 +22,22 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
 from fenrec_dist.model.packing import StaticPlan
-from fenrec_dist.model.sasrec import SASRec
+
+if TYPE_CHECKING:
+    from fenrec_dist.model.sasrec import SASRec
 
 
 class _StaticEncoder(nn.Module):
     """``model.encode_static`` over a plan's tensors, under the given autocast (captured with it,
     ``cache_enabled=False`` as graph capture requires); returns float32 [N, d]."""
 
-    def __init__(self, model: SASRec, autocast_dtype: torch.dtype | None) -> None:
+    def __init__(self, model: "SASRec", autocast_dtype: torch.dtype | None) -> None:
         super().__init__()
         self.model = model
         self.autocast_dtype = autocast_dtype
@@ -57,7 +59,11 @@ class GraphedEncoder:
         model: a SASRec built with ``model.static_shapes`` (any config works: the plan decides).
         enabled: capture CUDA graphs (default: when the model's parameters are on CUDA).
         autocast_dtype: e.g. torch.bfloat16 for bf16 autocast inside the encoder (the
-            trainer's policy on CUDA), None for float32.
+            trainer's policy on CUDA), None for float32, or "context": the caller's CUDA
+            autocast state at each call (the graphs then run with the caller's autocast
+            switched off and their own, cache-free, inside: graph capture refuses autocast's
+            weight cache). ``SASRec.forward`` with ``model.cuda_graphs`` uses "context", so a
+            trainer's ``torch.autocast`` block keeps working unchanged.
         max_graphs: shape keys captured at most; further keys run eagerly (each graph pair
             keeps its own activation memory).
         warmup: eager iterations ``make_graphed_callables`` runs before each capture (they use
@@ -65,21 +71,24 @@ class GraphedEncoder:
 
     ``__call__(plan)`` -> float32 [N, d], differentiable (the backward replays the key's
     backward graph). ``graphs`` counts the keys captured, ``eager_calls`` the calls that ran
-    eagerly.
+    eagerly. The graphs hold the parameters' addresses: in-place updates (optimizers,
+    ``load_state_dict``) are seen, moving the model to another device is not.
     """
 
-    def __init__(self, model: SASRec, enabled: bool | None = None, autocast_dtype: torch.dtype | None = None,
-                 max_graphs: int = 32, warmup: int = 3) -> None:
+    def __init__(self, model: "SASRec", enabled: bool | None = None,
+                 autocast_dtype: torch.dtype | None | str = None, max_graphs: int = 32, warmup: int = 3) -> None:
         self.model = model
         dev = next(model.parameters()).device
         self.enabled = (dev.type == "cuda") if enabled is None else bool(enabled)
         if self.enabled and dev.type != "cuda":
             raise ValueError("GraphedEncoder: CUDA graphs need the model on a CUDA device")
+        if isinstance(autocast_dtype, str) and autocast_dtype != "context":
+            raise ValueError(f"GraphedEncoder: autocast_dtype {autocast_dtype!r}: a torch dtype, None or 'context'")
         self.autocast_dtype = autocast_dtype
         self.max_graphs = max_graphs
         self.warmup = warmup
-        self._eager = _StaticEncoder(model, autocast_dtype)
-        self._graphed: dict[tuple[int, int, int], Callable[..., torch.Tensor]] = {}
+        self._eager: dict[torch.dtype | None, _StaticEncoder] = {}
+        self._graphed: dict[tuple, Callable[..., torch.Tensor]] = {}
         self.eager_calls = 0
         self.failure: str | None = None  # why capture was given up, when it was
 
@@ -87,31 +96,46 @@ class GraphedEncoder:
     def graphs(self) -> int:
         return len(self._graphed)
 
-    def _capture(self, plan: StaticPlan) -> Callable[..., torch.Tensor]:
-        module = _StaticEncoder(self.model, self.autocast_dtype)
+    def _dtype(self, device_type: str) -> torch.dtype | None:
+        if self.autocast_dtype != "context":
+            return self.autocast_dtype  # type: ignore[return-value]
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return None
+
+    def _run_eager(self, plan: StaticPlan, dtype: torch.dtype | None) -> torch.Tensor:
+        self.eager_calls += 1
+        if dtype not in self._eager:
+            self._eager[dtype] = _StaticEncoder(self.model, dtype)
+        return self._eager[dtype](*plan.tensors())
+
+    def _capture(self, plan: StaticPlan, dtype: torch.dtype | None) -> Callable[..., torch.Tensor]:
+        module = _StaticEncoder(self.model, dtype)
         sample = tuple(t.clone() for t in plan.tensors())
         return torch.cuda.make_graphed_callables(module, sample, num_warmup_iters=self.warmup,
                                                  allow_unused_input=True)
 
     def __call__(self, plan: StaticPlan) -> torch.Tensor:
+        dev = plan.token_ids.device.type
+        dtype = self._dtype(dev)
         if not (self.enabled and self.model.training) or self.failure is not None:
-            self.eager_calls += 1
-            return self._eager(*plan.tensors())
-        key = plan.key
-        fn = self._graphed.get(key)
-        if fn is None:
-            if len(self._graphed) >= self.max_graphs:
-                self.eager_calls += 1
-                return self._eager(*plan.tensors())
-            try:
-                fn = self._capture(plan)
-            except Exception as exc:  # capture is an optimisation: fall back to the eager encoder
-                self.failure = f"capture of shape {key} failed: {type(exc).__name__}: {exc}"
-                warnings.warn(f"GraphedEncoder: {self.failure}; running the encoder eagerly from now on")
-                self.eager_calls += 1
-                return self._eager(*plan.tensors())
-            self._graphed[key] = fn
-        return fn(*plan.tensors())
+            return self._run_eager(plan, dtype)
+        key = (plan.key, dtype)
+        # the caller's autocast (weight cache on) must not wrap a capture or a replay
+        with torch.autocast(dev, enabled=False):
+            fn = self._graphed.get(key)
+            if fn is None:
+                if len(self._graphed) >= self.max_graphs:
+                    return self._run_eager(plan, dtype)
+                try:
+                    fn = self._capture(plan, dtype)
+                except Exception as exc:  # capture is an optimisation: fall back to the eager encoder
+                    self.failure = f"capture of shape {key} failed: {type(exc).__name__}: {exc}"
+                    warnings.warn(f"GraphedEncoder: {self.failure}; running the encoder eagerly from now on")
+                    torch.cuda.synchronize()
+                    return self._run_eager(plan, dtype)
+                self._graphed[key] = fn
+            return fn(*plan.tensors())
 
 
 StepOutputs = dict[str, torch.Tensor]

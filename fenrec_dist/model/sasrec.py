@@ -16,12 +16,15 @@ computation (see tests/test_model.py).
 ``static_shapes`` (for CUDA graphs, off by default) packs training batches with
 ``StaticPlan`` instead: one attention grid per batch and token counts rounded up to
 ``token_multiple``, so shapes take a few values per epoch; same outputs and gradients as
-``encode_packed`` to float rounding (tests/test_buckets.py).
+``encode_packed`` to float rounding (tests/test_buckets.py). With ``cuda_graphs`` as well, a
+CUDA training call replays its shape's captured forward and backward (``model/graphed.py``),
+so any trainer gets the graphs through ``model(ids)``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +36,9 @@ from fenrec_dist.config import ModelConfig
 from fenrec_dist.model.base import SequenceEncoder, trim_left_padding
 from fenrec_dist.model.dropout import Dropout
 from fenrec_dist.model.packing import PackPlan, StaticPlan
+
+if TYPE_CHECKING:
+    from fenrec_dist.model.graphed import GraphedEncoder
 
 _MASKED = -10000.0  # the reference's additive mask value (exp underflows to exactly 0 in fp32)
 
@@ -185,7 +191,10 @@ class SASRec(SequenceEncoder):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids long [B, W <= max_len] left-padded -> float [B, d] at the last position."""
         if self.packs_tokens and self.cfg.static_shapes:
-            return self.encode_static(self.static_plan(input_ids))
+            plan = self.static_plan(input_ids)
+            if self.cfg.cuda_graphs and input_ids.is_cuda:
+                return self.graphed_encoder()(plan)
+            return self.encode_static(plan)
         if self.packs_tokens:
             return self.encode_packed(PackPlan.build(input_ids, self.max_len))
         ids, offset = trim_left_padding(input_ids) if self.cfg.trim_padding else (input_ids, 0)
@@ -236,6 +245,24 @@ class SASRec(SequenceEncoder):
             ctx = outs[0] if len(outs) == 1 else torch.cat(outs)
             x = block.ff(att.finish(ctx, q_in))
         return (x if self.cfg.last_position_only else x[plan.last])[plan.inverse]
+
+    def __getstate__(self) -> dict:
+        """Pickling and deepcopy leave the CUDA graphs behind (a copy captures its own)."""
+        state = dict(super().__getstate__())
+        state.pop("_graphed_encoder", None)
+        return state
+
+    def graphed_encoder(self) -> "GraphedEncoder":
+        """The model's ``GraphedEncoder`` (``model.cuda_graphs``), made at the first CUDA training
+        call; it follows the caller's autocast. Kept outside the module's state (not a submodule,
+        not in ``state_dict``)."""
+        enc = self.__dict__.get("_graphed_encoder")
+        if enc is None:
+            from fenrec_dist.model.graphed import GraphedEncoder
+
+            enc = GraphedEncoder(self, autocast_dtype="context")
+            self.__dict__["_graphed_encoder"] = enc
+        return enc
 
     def encode_static(self, plan: StaticPlan) -> torch.Tensor:
         """The blocks over a batch packed in static shapes (``StaticPlan``): float [N, d] per row,
