@@ -31,6 +31,7 @@ valid or test item).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -170,11 +171,15 @@ def _reconstructable(index: faiss.Index) -> faiss.Index:
     return index
 
 
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's metrics.jsonl records (empty when it has none)."""
+    p = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
+
+
 def inspect_run(run_dir: str | Path, epoch: int | None = None, user: int | None = None,
                 sample: int | None = None) -> dict[str, Any]:
     """The report described in the module docstring."""
-    from fenrec_dist.train.report import read_metrics
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
