@@ -143,6 +143,53 @@ def cmd_negatives_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _best_weights(run_dir: Path):  # type: ignore[no-untyped-def]
+    """(state dict, best epoch, extra) of a run's best weights: the one place the serving commands
+    read the trainer's checkpoint layout."""
+    from fenrec_dist.train.local import best_weights
+
+    return best_weights(run_dir, "cpu")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fenrec_dist.serve.export import export_run
+    from fenrec_dist.train.local import load_run_config
+
+    run_dir = Path(args.run_dir)
+    cfg = load_run_config(run_dir)
+    data_dir = Path(args.data or cfg.data.path)
+    if not data_dir.is_dir():
+        raise ConfigError(f"{run_dir}: its data.path {data_dir} is not a directory here; pass --data DIR (the prepared "
+                          f"dataset the run trained on)")
+    state, best_epoch, extra = _best_weights(run_dir)
+    m = export_run(state, cfg, data_dir, args.out, overwrite=args.overwrite,
+                   source={"run_dir": str(run_dir), "best_epoch": best_epoch, **extra})
+    print(f"exported {run_dir} (best epoch {best_epoch}) to {args.out}: {m['num_items']:,} items, d={m['dim']}, "
+          f"index {m['index']['kind']} ({m['index']['build_seconds']:.2f}s), ids {m['ids']}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from fenrec_dist.serve.recommend import Recommender, recommend_file, recommend_history
+
+    if (args.history is None) == (args.input is None):
+        raise ConfigError("recommend: give either --history \"i1 i2 ...\" or --input FILE.parquet --out FILE.parquet")
+    if args.input is not None and not args.out:
+        raise ConfigError("recommend: --input needs --out FILE.parquet")
+    if args.k < 1:
+        raise ConfigError(f"recommend: --k must be >= 1, got {args.k}")
+    rec = Recommender(args.export_dir)
+    if args.history is not None:
+        print(json.dumps(recommend_history(rec, args.history, args.k, args.ann, args.skip_unknown)))
+        return 0
+    t0 = time.perf_counter()
+    counts = recommend_file(rec, args.input, args.out, args.k, args.ann, args.skip_unknown, args.batch_size)
+    secs = time.perf_counter() - t0
+    print(json.dumps({"out": args.out, **counts.as_dict(), "seconds": round(secs, 3),
+                      "users_per_s": round(counts.rows / max(secs, 1e-9), 1)}))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fenrec_dist.demo import run_demo
 
@@ -213,6 +260,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--plot", metavar="FILE.png", help="draw the per-epoch figures as a PNG")
     q.add_argument("--json", action="store_true", help="print the report as JSON (fields: see the module docs)")
     q.set_defaults(fn=cmd_negatives_inspect)
+
+    p = sub.add_parser("export", help="a run's best weights -> encoder, item embeddings, item index, id map")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="export directory (written atomically)")
+    p.add_argument("--data", help="the prepared dataset of the run (default: the run's data.path)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("recommend", help="top-k items for histories from an export directory")
+    p.add_argument("export_dir")
+    p.add_argument("--history", help='one history: "i1 i2 ..." (original item ids, oldest first)')
+    p.add_argument("--input", help="Parquet file: column history (list of ids or a space-separated string), "
+                                   "optional user")
+    p.add_argument("--out", help="Parquet output of --input (columns user, items, scores; written atomically)")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--ann", action="store_true", help="rank with the item index instead of every item")
+    p.add_argument("--skip-unknown", action="store_true",
+                   help="drop unknown item ids (and skip rows left empty or malformed), counting them")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.set_defaults(fn=cmd_recommend)
 
     p = sub.add_parser("evaluate", help="re-score a run's best checkpoint on validation and test")
     p.add_argument("run_dir")
