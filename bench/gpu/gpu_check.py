@@ -15,13 +15,16 @@ reported as skipped, never silently dropped):
 3. ``data``: Beauty when found (``--data``, ``$FENREC_BEAUTY``, ``data/gpu_check/Beauty.txt``,
    ``shared/data/Beauty.txt``, ``../shared/data/Beauty.txt``), prepared with ``fenrec prepare``;
    else a Beauty-shaped synthetic log (``fenrec synth`` 22,363 users, 12,101 items, 8.9 a user).
-4. ``cli_eager`` and ``cli_static``: ``python -m fenrec_dist.cli train --local`` with
-   configs/beauty.yaml for 2 epochs (the first in the warm-up phase, the second with hard and
-   noise negatives), the second run with ``model.static_shapes=true``; phases, samples/s and
-   epoch times read from the run's metrics.jsonl (``time``: cluster, train, eval, epoch). The
-   CLI is the interface that survives the trainer's rewrite.
-5. ``steps``: ``bench/gpu/step_bench.py``: eager, static and CUDA-graphed steps on the same
-   batches, both phases, and a whole hard-phase epoch graphed and eager.
+4. ``cli_eager``, ``cli_graphs`` (and last ``cli_static``): ``python -m fenrec_dist.cli train
+   --local`` with configs/beauty.yaml for 2 epochs (the first in the warm-up phase, the second
+   with hard and noise negatives): as configured (eager, packed), with ``model.static_shapes``
+   and ``model.cuda_graphs`` (the encoder replayed from CUDA graphs inside ``model(ids)``), and
+   with static shapes alone; phases, samples/s and epoch times read from the run's
+   metrics.jsonl (``time``: cluster, train, eval, epoch). The CLI is the interface that
+   survives the trainer's rewrite.
+5. ``steps``: ``bench/gpu/step_bench.py``: eager, static, CUDA-graphed-encoder and whole-step
+   captured steps on the same batches, both phases, kernel launches per step (profiler), and a
+   whole hard-phase epoch graphed and eager.
 
 GPU utilisation and memory are sampled with nvidia-smi every 0.25 s on a thread; each stage
 reports its mean and peak (the CLI runs' peak memory is nvidia-smi's memory.used, CUDA context
@@ -286,7 +289,7 @@ class Check:
         and a composed epoch (cluster + graphed training + the CLI's evaluation)."""
         st = self.result["stages"]
         head: dict[str, Any] = {}
-        for name in ("cli_eager", "cli_static"):
+        for name in ("cli_eager", "cli_graphs", "cli_static"):
             for e in st.get(name, {}).get("epochs", []):
                 head[f"{name}_{e['phase']}"] = {"samples_per_s": e["samples_per_s"], **e["time_s"]}
             if name in st:
@@ -306,6 +309,13 @@ class Check:
             head[f"epoch_hard_train_{v}_gpu_util_mean"] = r.get("gpu_util_mean")
         if "graphed" in ep and "eager" in ep and ep["graphed"].get("seconds"):
             head["epoch_train_graphed_vs_eager"] = round(ep["eager"]["seconds"] / ep["graphed"]["seconds"], 3)
+        trains = {n: {e["phase"]: e["time_s"].get("train") for e in st.get(n, {}).get("epochs", [])}
+                  for n in ("cli_eager", "cli_graphs", "cli_static")}
+        for n in ("cli_graphs", "cli_static"):
+            for phase in ("warmup", "hard"):
+                a, b = trains["cli_eager"].get(phase), trains[n].get(phase)
+                if a and b:
+                    head[f"{n}_vs_eager_train_{phase}"] = round(a / b, 3)
         cluster = bench.get("cluster")
         evals = [e["time_s"].get("eval") for e in st.get("cli_eager", {}).get("epochs", []) if e["phase"] == "hard"]
         if cluster and "graphed" in ep and evals:
@@ -315,7 +325,7 @@ class Check:
 
     def main(self) -> int:
         args = self.args
-        plan = ["preflight", "tests", "data", "cli_eager", "cli_static", "steps"]
+        plan = ["preflight", "tests", "data", "cli_eager", "cli_graphs", "steps", "cli_static"]
         if args.dry_run:
             print(json.dumps({"plan": plan, "device": args.device, "budget_s": args.budget_s,
                               "beauty": str(self.find_beauty()), "tiny": args.tiny, "python": self.py}))
@@ -330,8 +340,9 @@ class Check:
                 data = self.data(work)
                 if data is not None:
                     self.cli_run("cli_eager", data, work, [])
-                    self.cli_run("cli_static", data, work, ["model.static_shapes=true"])
+                    self.cli_run("cli_graphs", data, work, ["model.static_shapes=true", "model.cuda_graphs=true"])
                     self.steps(data, work)
+                    self.cli_run("cli_static", data, work, ["model.static_shapes=true"])
             self.summary()
         except Exception as exc:  # the JSON line is still printed
             self.error("gpu_check", f"{type(exc).__name__}: {exc}")
