@@ -167,15 +167,17 @@ def test_whole_captured_step_replays_equal_eager_on_cuda():
     compute = _fenrec_compute(static, intents, 0, dedup=False)
     eager = CapturedStep(list(static.parameters()), compute, enabled=False)
     captured = CapturedStep(list(static.parameters()), compute, enabled=True)
+    shapes = set()
     for seed in range(5):
         inputs = _step_inputs(static, _batch(12 + 4 * (seed % 2), seed), "cuda")
+        shapes.add(tuple(tuple(t.shape) for t in inputs))
         want = eager(*inputs)
         want_grads = _grads(static)
         got = captured(*inputs)
         assert torch.allclose(got["objective"], want["objective"], atol=1e-5)
         for a, b in zip(_grads(static), want_grads):
             assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
-    assert captured.graphs == 2
+    assert captured.graphs == len(shapes) and captured.failure is None
 
 
 def test_cuda_graphs_flag_is_transparent_off_cuda():
@@ -204,8 +206,10 @@ def test_model_forward_with_cuda_graphs_under_the_trainers_autocast():
     _, static = _models("cuda")
     graphs = SASRec(dataclasses.replace(static.cfg, cuda_graphs=True), ITEMS, MAX_LEN).cuda().train()
     graphs.load_state_dict(static.state_dict())
+    keys = set()
     for seed in range(4):
         ids = torch.from_numpy(_batch(12 + 4 * (seed % 2), seed)["ids"]).cuda()
+        keys.add(graphs.static_plan(ids).key)
         w = torch.randn(ids.shape[0], D, device="cuda")
         with torch.autocast("cuda", dtype=torch.bfloat16):
             want = static(ids).float()
@@ -218,4 +222,4 @@ def test_model_forward_with_cuda_graphs_under_the_trainers_autocast():
             assert torch.allclose(a.grad, b.grad, atol=2e-2, rtol=5e-2)
         graphs.zero_grad(set_to_none=True), static.zero_grad(set_to_none=True)
     enc = graphs.graphed_encoder()
-    assert enc.failure is None and enc.graphs == 2 and enc.eager_calls == 0
+    assert enc.failure is None and enc.graphs == len(keys) and enc.eager_calls == 0

@@ -169,7 +169,12 @@ def test_torch_kmeans_and_search_on_cuda_match_cpu():
     assert abs(inertia(x, gpu.centroids.cpu()) / inertia(x, cpu.centroids) - 1) < 0.01
     _, a = nearest(x, cpu.centroids)
     _, b = nearest(x.cuda(), cpu.centroids.cuda())
-    assert torch.equal(a, b.cpu())
+    b = b.cpu()
+    # identical centroids: the same assignment but where GPU and CPU float rounding split a near-tie
+    d = ((x[:, None, :] - cpu.centroids[None]) ** 2).sum(-1)  # float32 [N, k], computed directly
+    differ = a != b
+    gap = (d[differ, a[differ]] - d[differ, b[differ]]).abs() / d[differ, a[differ]].clamp(min=1e-6)
+    assert int(differ.sum()) <= 5 and bool((gap < 1e-4).all())
     clusters = IntentClusters.fit(x.cuda(), 64, niter=10, seed=3, backend="auto")
     assert clusters.backend == ("faiss" if clusters.index is not None else "torch")
     ids, cents = clusters.assign(x[:1000].cuda())

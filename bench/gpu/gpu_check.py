@@ -150,6 +150,11 @@ class Check:
         info.update(self.sampler.window(t0, t1))
         if err.strip():
             sys.stderr.write("".join(f"    {line}\n" for line in err.strip().splitlines()[-25:]))
+        # a capture that fell back to eager, or any other warning, must show in the JSON
+        notes = [line.strip()[:300] for line in err.splitlines()
+                 if "GraphedEncoder:" in line or "CapturedStep:" in line or "Warning" in line]
+        if notes:
+            info["warnings"] = notes[:8]
         if rc != 0:
             tail = (err.strip().splitlines() or out.strip().splitlines() or [""])[-1]
             self.error(stage, f"exit {rc}{' (timed out)' if rc == 124 else ''}: {tail[:400]}")
