@@ -151,14 +151,23 @@ class Recommender:
 
     # ------------------------------------------------------------------ scoring
 
-    def encode(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
-        """float [n, d]: the last-position representation of each history (its last max_len items)."""
-        x = np.zeros((len(histories), self.max_len), dtype=np.int64)
-        for r, h in enumerate(histories):
-            h = h[-self.max_len:]
-            x[r, self.max_len - len(h):] = h
+    def encode(self, histories: Sequence[np.ndarray], group: int = 256) -> torch.Tensor:
+        """float [n, d]: the last-position representation of each history (its last max_len items).
+        Rows are encoded in length-sorted groups of ``group``, each cut to its longest row (the
+        exported program takes any width <= max_len), then put back in order."""
+        lengths = np.array([min(len(h), self.max_len) for h in histories], dtype=np.int64)
+        order = np.argsort(lengths, kind="stable")
+        out = torch.empty(len(histories), int(self.manifest["dim"]))
         with torch.no_grad():
-            return self.encoder(torch.from_numpy(x)).float()
+            for i in range(0, len(order), group):
+                rows = order[i:i + group]
+                width = int(lengths[rows].max())
+                x = np.zeros((len(rows), width), dtype=np.int64)
+                for j, r in enumerate(rows):
+                    if lengths[r]:
+                        x[j, width - lengths[r]:] = histories[r][-lengths[r]:]
+                out[torch.from_numpy(rows)] = self.encoder(torch.from_numpy(x)).float()
+        return out
 
     def top_k(self, histories: Sequence[np.ndarray], k: int, ann: bool = False,
               item_chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
