@@ -134,6 +134,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_negatives_inspect(args: argparse.Namespace) -> int:
     from fenrec_dist.negatives.inspect import format_report, inspect_run, plot_report
 
+    if args.items:
+        from fenrec_dist.negatives.inspect import format_item_report, item_negatives
+        from fenrec_dist.train.local import load_run_config
+
+        run_dir = Path(args.run_dir)
+        cfg = load_run_config(run_dir)
+        state, best_epoch, _ = _best_weights(run_dir)
+        report = {"run_dir": str(run_dir), "best_epoch": best_epoch,
+                  **item_negatives(state, cfg, samples=args.items_samples, mined=args.items_k, seed=cfg.train.seed)}
+        print(json.dumps(report, indent=2) if args.json else format_item_report(report))
+        return 0
+
     report = inspect_run(args.run_dir, epoch=args.epoch, user=args.user, sample=args.sample)
     if args.plot:
         plot_report(report, args.plot)
@@ -259,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--sample", type=int, help="list the neighbours of this sample")
     q.add_argument("--plot", metavar="FILE.png", help="draw the per-epoch figures as a PNG")
     q.add_argument("--json", action="store_true", help="print the report as JSON (fields: see the module docs)")
+    q.add_argument("--items", action="store_true",
+                   help="the sampled L_rec's item negatives instead: hardness of in-batch, random and mined items "
+                        "for the run's best weights, and how often they are the user's held-out item")
+    q.add_argument("--items-samples", type=int, default=2048, help="training samples scored with --items")
+    q.add_argument("--items-k", type=int, default=0, help="mined items per sample (0: loss.sampled_mined, else 64)")
     q.set_defaults(fn=cmd_negatives_inspect)
 
     p = sub.add_parser("export", help="a run's best weights -> encoder, item embeddings, item index, id map")

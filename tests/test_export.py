@@ -137,3 +137,27 @@ def test_cli_export_and_recommend(exported, tmp_path, monkeypatch, capsys):
     assert cli_main(["recommend", str(tmp_path / "exp"), "--history", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown item id 'nope'" in err
+
+
+def test_negatives_inspect_items_reports_the_sources_hardness(exported, tmp_path, monkeypatch, capsys):
+    from fenrec_dist.negatives.inspect import item_negatives
+
+    cfg, data, enc, _, _ = exported
+    rep = item_negatives(enc.state_dict(), cfg, samples=300, mined=8, seed=cfg.train.seed)  # the CLI's seed
+    src = rep["sources"]
+    assert set(src) == {"in_batch", "random", "mined"} and rep["samples"] == 300
+    # mined items are the top-scoring non-window items: harder than random or in-batch ones
+    assert src["mined"]["score"] > src["random"]["score"] and src["mined"]["score"] > src["in_batch"]["score"]
+    assert src["mined"]["items"] == 300 * 8
+    assert all(0.0 <= s["heldout"] <= 1.0 and 0.0 <= s["above_target"] <= 1.0 for s in src.values())
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    import fenrec_dist.cli as cli
+
+    monkeypatch.setattr(cli, "_best_weights", lambda run_dir: (enc.state_dict(), 1, {}))
+    capsys.readouterr()
+    assert cli_main(["negatives", "inspect", str(run), "--items", "--items-samples", "300", "--items-k", "8",
+                     "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["sources"] == src and got["best_epoch"] == 1

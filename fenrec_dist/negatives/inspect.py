@@ -296,3 +296,108 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+# --------------------------------------------------------------------------- item negatives
+
+
+def item_negatives(state: dict[str, Any], cfg: Any, samples: int = 2048, mined: int = 0,
+                   seed: int = 0) -> dict[str, Any]:
+    """How hard the sampled L_rec's item negatives are for a model (``negatives inspect --items``).
+
+    For ``samples`` training samples (seeded), in eval mode: the anchor's score (inner product)
+    and cosine to the items each source would give it, in batches of ``train.batch_size``:
+    ``in_batch`` (the other anchors' targets), ``random`` (``loss.sampled_random`` draws, by
+    popularity when ``loss.sampled_popularity``) and ``mined`` (the item index's top ``mined``
+    items, default ``loss.sampled_mined`` or 64), each without the sample's own window items as
+    in training. ``above_target`` is the share of a source's items scoring above the sample's
+    target. ``heldout`` is the share of a source's items that are the user's validation or test
+    item, a diagnostic computed here afterwards: training never reads those items.
+
+    Args:
+        state: the encoder's weights; cfg: the run's config (a ``config.Config``).
+    Returns:
+        {"samples", "mined_k", "index": {kind, build_seconds}, "sources": {name: {score, cos,
+        above_target, heldout}}, "target_score"}.
+    """
+    import torch
+
+    from fenrec_dist.data.dataset import load_prepared
+    from fenrec_dist.losses.sampled_softmax import CandidateSampler, SampledSoftmaxSpec
+    from fenrec_dist.model import build_encoder
+    from fenrec_dist.negatives.item_index import ItemIndex
+
+    data = load_prepared(cfg.data.path, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
+    enc = build_encoder(cfg.model, data.num_items, data.max_len)
+    enc.load_state_dict(state)
+    enc.eval()
+    items = enc.item_weights().detach().float()
+    rng = np.random.default_rng(seed)
+    n = min(samples, len(data.train))
+    rows = rng.choice(len(data.train), n, replace=False)
+    with torch.no_grad():
+        z = torch.cat([enc(torch.from_numpy(data.train.inputs[rows[i:i + 512]].astype(np.int64)))
+                       for i in range(0, n, 512)]).float()
+    future = data.train.future[rows].astype(np.int64)
+    flen = data.train.future_len[rows]
+    window = np.where(np.arange(future.shape[1])[None, :] < flen[:, None], future, 0)
+    target = future[:, 0]
+    ho = _heldout_arrays({int(u): (int(v), int(t)) for u, v, t in zip(data.eval.user, data.eval.valid, data.eval.test)},
+                         data.train.user[rows])
+    k = mined or cfg.loss.sampled_mined or 64
+    index = ItemIndex.build(items.numpy(), cfg.negatives, seed=seed)
+    counts = torch.bincount(torch.from_numpy(data.train.target.astype(np.int64)), minlength=data.num_items + 1)
+    spec = SampledSoftmaxSpec(in_batch=False, num_random=max(cfg.loss.sampled_random, 1),
+                              popularity=cfg.loss.sampled_popularity, logq=False)
+    sampler = CandidateSampler(data.num_items, spec, counts.float())
+    gen = torch.Generator().manual_seed(seed)
+    bsz = cfg.train.batch_size
+    cand: dict[str, list[np.ndarray]] = {"in_batch": [], "random": [], "mined": []}
+    for i in range(0, n, bsz):
+        sl = slice(i, min(i + bsz, n))
+        b = sl.stop - sl.start
+        tb = target[sl]
+        inb = np.broadcast_to(tb[None, :], (b, b)).copy()
+        inb[np.arange(b), np.arange(b)] = 0  # the anchor's own target is its positive
+        cand["in_batch"].append(inb)
+        cand["random"].append(np.broadcast_to(sampler.draw(gen).numpy()[None, :], (b, spec.num_random)).copy())
+        cand["mined"].append(index.mine(z[sl].numpy(), k, window[sl]))
+    zn = torch.nn.functional.normalize(z, dim=1)
+    itn = torch.nn.functional.normalize(items, dim=1)
+    t_score = (z * items[torch.from_numpy(target)]).sum(1)
+    out: dict[str, Any] = {}
+    for name, blocks in cand.items():
+        scores, coss, above, held, count = 0.0, 0.0, 0.0, 0.0, 0
+        at = 0
+        for blk in blocks:
+            b = blk.shape[0]
+            ids = torch.from_numpy(blk)
+            rows_w = torch.from_numpy(window[at:at + b])
+            ok = (ids > 0) & ~(ids[:, :, None] == rows_w[:, None, :]).any(dim=2)
+            s = (z[at:at + b, None, :] * items[ids]).sum(-1)
+            c = (zn[at:at + b, None, :] * itn[ids]).sum(-1)
+            h = (ids[:, :, None] == torch.from_numpy(ho[at:at + b])[:, None, :]).any(dim=2)
+            scores += float(s[ok].sum())
+            coss += float(c[ok].sum())
+            above += float((s > t_score[at:at + b, None])[ok].sum())
+            held += float(h[ok].sum())
+            count += int(ok.sum())
+            at += b
+        m = max(count, 1)
+        out[name] = {"score": scores / m, "cos": coss / m, "above_target": above / m, "heldout": held / m,
+                     "items": count}
+    return {"samples": n, "mined_k": k, "index": {"kind": index.kind, "build_seconds": round(index.build_seconds, 3)},
+            "target_score": float(t_score.mean()), "sources": out}
+
+
+def format_item_report(report: dict[str, Any]) -> str:
+    """A table of ``item_negatives``' report."""
+    lines = [f"item negatives of {report['samples']} training samples (eval mode; mined k={report['mined_k']}, "
+             f"index {report['index']['kind']}); mean target score {report['target_score']:.3f}",
+             f"{'source':>9} {'items':>9} {'score':>8} {'cos':>7} {'>target':>8} {'heldout':>8}"]
+    for name, s in report["sources"].items():
+        lines.append(f"{name:>9} {s['items']:>9,} {s['score']:>8.3f} {s['cos']:>7.3f} {_fmt(s['above_target'], True):>8} "
+                     f"{_fmt(s['heldout'], True):>8}")
+    lines.append("score = inner product with the anchor; >target = share scoring above the sample's target; "
+                 "heldout = share that is the user's valid or test item (a diagnostic; training never reads them)")
+    return "\n".join(lines)
