@@ -162,7 +162,8 @@ class ModelConfig:
         "width rounded up to model.width_multiple, token count to model.token_multiple; same outputs and "
         "gradients as pack_tokens to float rounding. Off on CPU, where the grid's padding costs time.")
     token_multiple: int = _f(512, "static_shapes: the packed token count is rounded up to a multiple of this "
-                                  "(each distinct count is one captured graph).", ge(1))
+                                  "(each distinct count is one captured graph); 0: every cell of the [rows, "
+                                  "width] input is a token, planned on the device with no host read.", ge(0))
     width_multiple: int = _f(16, "static_shapes: the attention grid's width (longest row) is rounded up to a "
                                  "multiple of this, at most the input width.", ge(1))
     cuda_graphs: bool = _f(False, "With static_shapes, on CUDA: training calls replay the encoder's forward and "

@@ -134,3 +134,37 @@ def test_static_path_is_training_only():
     _, static = _models(True)
     static.eval()
     assert not static.packs_tokens
+
+
+def test_full_grid_plan_hand_checked():
+    """token_multiple 0: every cell is a token (the grid is the input), built with tensor ops."""
+    ids = torch.tensor([[0, 0, 5, 6], [0, 0, 0, 7], [1, 2, 3, 4], [0, 0, 0, 0]])
+    plan = StaticPlan.full_grid(ids, max_len=6)
+    assert plan.key == (4, 16, 4) and plan.tokens == -1
+    assert plan.token_ids.tolist() == ids.flatten().tolist()
+    assert plan.token_pos.tolist() == [2, 3, 4, 5] * 4
+    assert plan.keys.int().tolist() == [[0, 0, 1, 1], [0, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 1]]
+    p = 16
+    assert plan.cell_token.tolist() == [p, p, 2, 3, p, p, p, 7, 8, 9, 10, 11, p, p, p, 15]
+    assert plan.token_cell.tolist() == list(range(16)) and plan.last.tolist() == [3, 7, 11, 15]
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_full_grid_path_equals_packed_path_outputs_and_gradients(last):
+    """model.token_multiple=0 (the plan on the device, no host read): the packed path's outputs and
+    gradients to 1e-6, through forward in training."""
+    packed, _ = _models(last)
+    full = SASRec(dataclasses.replace(packed.cfg, static_shapes=True, token_multiple=0), 30, 12)
+    full.load_state_dict(packed.state_dict())
+    ids = _batch([1, 4, 7, 12, 3, 4, 9, 2, 12, 1, 0], seed=3)[:, 1:]
+    packed.train(), full.train()
+    plan = full.static_plan(ids)
+    assert plan.key == (11, 11 * 11, 11)
+    w = torch.randn(ids.shape[0], 16, generator=torch.Generator().manual_seed(4))
+    ref = packed.encode_packed(PackPlan.build(ids, 12, chunk_overhead=0))
+    (ref * w).sum().backward()
+    out = full(ids)
+    (out * w).sum().backward()
+    assert torch.allclose(out, ref, atol=1e-6, rtol=0)
+    for (name, a), b in zip(full.named_parameters(), packed.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-5), name

@@ -200,10 +200,13 @@ def test_cuda_graphs_flag_is_transparent_off_cuda():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_model_forward_with_cuda_graphs_under_the_trainers_autocast():
+@pytest.mark.parametrize("token_multiple", [16, 0], ids=["buckets", "full-grid"])
+def test_model_forward_with_cuda_graphs_under_the_trainers_autocast(token_multiple):
     """model(ids) inside torch.autocast(bf16) (the trainer's CUDA policy, weight cache on) with
-    model.cuda_graphs: captured per shape, the values of the uncaptured static path."""
+    model.cuda_graphs: captured per shape, the values of the uncaptured static path (bucketed
+    host plans, and the full grid planned on the device)."""
     _, static = _models("cuda")
+    static.cfg = dataclasses.replace(static.cfg, token_multiple=token_multiple)
     graphs = SASRec(dataclasses.replace(static.cfg, cuda_graphs=True), ITEMS, MAX_LEN).cuda().train()
     graphs.load_state_dict(static.state_dict())
     keys = set()

@@ -15,11 +15,12 @@ reported as skipped, never silently dropped):
 3. ``data``: Beauty when found (``--data``, ``$FENREC_BEAUTY``, ``data/gpu_check/Beauty.txt``,
    ``shared/data/Beauty.txt``, ``../shared/data/Beauty.txt``), prepared with ``fenrec prepare``;
    else a Beauty-shaped synthetic log (``fenrec synth`` 22,363 users, 12,101 items, 8.9 a user).
-4. ``cli_eager``, ``cli_graphs`` (and last ``cli_static``): ``python -m fenrec_dist.cli train
+4. ``cli_eager``, ``cli_graphs``, ``cli_graphs_full`` (and last ``cli_static``): ``python -m fenrec_dist.cli train
    --local`` with configs/beauty.yaml for 2 epochs (the first in the warm-up phase, the second
    with hard and noise negatives): as configured (eager, packed), with ``model.static_shapes``
    and ``model.cuda_graphs`` (the encoder replayed from CUDA graphs inside ``model(ids)``), and
-   with static shapes alone; phases, samples/s and epoch times read from the run's
+   with the whole grid planned on the device (``model.token_multiple=0``: no host read per
+   step), and with static shapes alone; phases, samples/s and epoch times read from the run's
    metrics.jsonl (``time``: cluster, train, eval, epoch). The CLI is the interface that
    survives the trainer's rewrite.
 5. ``steps``: ``bench/gpu/step_bench.py``: eager, static, CUDA-graphed-encoder and whole-step
@@ -294,7 +295,7 @@ class Check:
         and a composed epoch (cluster + graphed training + the CLI's evaluation)."""
         st = self.result["stages"]
         head: dict[str, Any] = {}
-        for name in ("cli_eager", "cli_graphs", "cli_static"):
+        for name in ("cli_eager", "cli_graphs", "cli_graphs_full", "cli_static"):
             for e in st.get(name, {}).get("epochs", []):
                 head[f"{name}_{e['phase']}"] = {"samples_per_s": e["samples_per_s"], **e["time_s"]}
             if name in st:
@@ -315,8 +316,8 @@ class Check:
         if "graphed" in ep and "eager" in ep and ep["graphed"].get("seconds"):
             head["epoch_train_graphed_vs_eager"] = round(ep["eager"]["seconds"] / ep["graphed"]["seconds"], 3)
         trains = {n: {e["phase"]: e["time_s"].get("train") for e in st.get(n, {}).get("epochs", [])}
-                  for n in ("cli_eager", "cli_graphs", "cli_static")}
-        for n in ("cli_graphs", "cli_static"):
+                  for n in ("cli_eager", "cli_graphs", "cli_graphs_full", "cli_static")}
+        for n in ("cli_graphs", "cli_graphs_full", "cli_static"):
             for phase in ("warmup", "hard"):
                 a, b = trains["cli_eager"].get(phase), trains[n].get(phase)
                 if a and b:
@@ -330,7 +331,7 @@ class Check:
 
     def main(self) -> int:
         args = self.args
-        plan = ["preflight", "tests", "data", "cli_eager", "cli_graphs", "steps", "cli_static"]
+        plan = ["preflight", "tests", "data", "cli_eager", "cli_graphs", "cli_graphs_full", "steps", "cli_static"]
         if args.dry_run:
             print(json.dumps({"plan": plan, "device": args.device, "budget_s": args.budget_s,
                               "beauty": str(self.find_beauty()), "tiny": args.tiny, "python": self.py}))
@@ -346,6 +347,8 @@ class Check:
                 if data is not None:
                     self.cli_run("cli_eager", data, work, [])
                     self.cli_run("cli_graphs", data, work, ["model.static_shapes=true", "model.cuda_graphs=true"])
+                    self.cli_run("cli_graphs_full", data, work, ["model.static_shapes=true", "model.cuda_graphs=true",
+                                                                 "model.token_multiple=0"])
                     self.steps(data, work)
                     self.cli_run("cli_static", data, work, ["model.static_shapes=true"])
             self.summary()

@@ -11,6 +11,8 @@ backward and fused Adam step:
 * ``static``: ``model.static_shapes`` (``StaticPlan``: one grid, bucketed token counts), eager;
 * ``graphed``: the static encoder's forward and backward replayed from CUDA graphs
   (``model/graphed.py``), one pair per shape key;
+* ``graphed_full``: the same over the whole [2B, max_len] grid (``model.token_multiple=0``),
+  planned on the device from the ids: no host read in the step;
 * ``captured``: the whole step (encoder, loss, backward) in one CUDA graph per shape
   (``CapturedStep``), warm-up phase only: the hard phase's noise negatives are drawn on the
   host generator, which a graph cannot replay.
@@ -130,14 +132,16 @@ class Runner:
         self.variant = variant
         self.device = device
         self.autocast_dtype = autocast_dtype
-        mcfg = dataclasses.replace(cfg.model, static_shapes=variant != "eager")
+        self.full = variant.endswith("_full")  # the whole [N, W] grid, planned on the device
+        mcfg = dataclasses.replace(cfg.model, static_shapes=variant != "eager",
+                                   token_multiple=0 if self.full else cfg.model.token_multiple)
         self.model = build_encoder(mcfg, data.num_items, data.max_len).to(device)
         self.model.load_state_dict(state)
         self.model.train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, fused=True)
         self.loss_fn = FENRecLoss(cfg.loss, cfg.negatives)
-        self.encoder = GraphedEncoder(self.model, enabled=variant == "graphed" and device.type == "cuda",
-                                      autocast_dtype=autocast_dtype) if variant in ("static", "graphed") else None
+        self.encoder = GraphedEncoder(self.model, enabled=variant.startswith("graphed") and device.type == "cuda",
+                                      autocast_dtype=autocast_dtype) if variant.startswith(("static", "graphed")) else None
         self.captured: CapturedStep | None = None
         self.gen = torch.Generator().manual_seed(0)
         self.epoch = 0
@@ -167,7 +171,7 @@ class Runner:
         """Background-thread part of a step: the plan (static variants) as host tensors. No CUDA
         call here (a capture on the main thread must not see one); pinning is on the main thread."""
         out: dict[str, Any] = {k: torch.from_numpy(v) for k, v in host.items() if k != "ids"}
-        if self.variant != "eager":
+        if self.variant != "eager" and not self.full:
             out["plan"] = self.model.static_plan(host["ids"], device="cpu")
         else:
             out["ids"] = torch.from_numpy(host["ids"])
@@ -191,7 +195,11 @@ class Runner:
             sums += torch.stack([outs["total"].float(), torch.ones((), device=dev)])
             return
         if self.encoder is not None:
-            plan = StaticPlan.from_tensors(tuple(self._dev(x) for x in item["plan"].tensors()), item["plan"].tokens)
+            if self.full:  # planned on the device from the ids: no host read
+                plan = self.model.static_plan(self._dev(item["ids"]))
+            else:
+                plan = StaticPlan.from_tensors(tuple(self._dev(x) for x in item["plan"].tensors()),
+                                               item["plan"].tokens)
             z = self.encoder(plan)
         else:  # the trainer's path: the model packs the batch itself (a host round trip for the plan)
             ctx = (torch.autocast(dev.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
@@ -312,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--steps", type=int, default=60, help="timed steps per variant and phase")
-    ap.add_argument("--variants", default="eager,static,graphed,captured")
-    ap.add_argument("--epoch", default="graphed,eager", help="variants that also run a whole hard-phase epoch")
+    ap.add_argument("--variants", default="eager,static,graphed,graphed_full,captured")
+    ap.add_argument("--epoch", default="graphed,graphed_full,eager",
+                    help="variants that also run a whole hard-phase epoch")
     ap.add_argument("--cluster-passes", type=int, default=2, choices=[1, 2], help="epoch-start passes timed")
     ap.add_argument("--profile-steps", type=int, default=5, help="profiled hard-phase steps, eager and graphed (0: none)")
     ap.add_argument("--out", help="write the JSON here too")
@@ -385,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["steps"][phase][v]["speedup_vs_eager"] = round(result["steps"][phase][v]["samples_per_s"] / eager, 3)
     if args.profile_steps > 0:
         result["profile_hard"] = {}
-        for v in [v for v in ("eager", "graphed") if v in variants]:
+        for v in [v for v in ("eager", "graphed", "graphed_full") if v in variants]:
             r = Runner(v, cfg, state, data, device, autocast_dtype)
             prof_idx = indices[: args.profile_steps]
             r.run(batches, prof_idx, hard_epoch, intents, seed=4)  # captures first

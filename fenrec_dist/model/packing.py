@@ -154,7 +154,10 @@ class StaticPlan:
     token_cell: long [T_b] the grid cell of each token (fillers: cell 0, never read).
     keys: bool [N, L] True at the grid cells that hold a real token (rows right-aligned).
     last: long [N] the token index of each row's last token.
-    tokens: T, the number of real tokens.
+    tokens: T, the number of real tokens (-1 from ``full_grid``, which does not count them).
+
+    ``full_grid`` is the variant without bucketing (token_multiple 0): every cell of the input is
+    a token, the plan is built on the device, and no step reads a value on the host.
     """
 
     token_ids: torch.Tensor
@@ -182,6 +185,32 @@ class StaticPlan:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "StaticPlan":
         moved = [t.to(device, non_blocking=non_blocking) for t in self.tensors()]
         return StaticPlan.from_tensors(tuple(moved), self.tokens)
+
+    @classmethod
+    def full_grid(cls, input_ids: torch.Tensor, max_len: int) -> "StaticPlan":
+        """Plan over every cell of input_ids long [N, W] (left-padded, W <= max_len), built with
+        tensor operations on the input's device: no value is read on the host, so a CUDA step
+        needs no synchronisation to plan its batch. The grid is the input itself ([N, W]); the
+        padding cells are the tokens the fillers would be (T_b = N * W, real rows right-aligned),
+        so the computation is ``build``'s with no bucketing. Key (N, N * W, W): two shapes per
+        epoch (full batches and the last one). ``tokens`` is -1 (not counted, to stay on device)."""
+        rows, width = input_ids.shape
+        dev = input_ids.device
+        ids = input_ids.long()
+        n = (ids != 0).sum(dim=1).clamp(min=1)  # [N]; an empty row keeps its last column
+        cols = torch.arange(width, device=dev)
+        keys = cols[None, :] >= (width - n)[:, None]  # [N, W]
+        cells = torch.arange(rows * width, device=dev)
+        total = rows * width
+        return cls(
+            token_ids=ids.reshape(-1),
+            token_pos=(cols + (max_len - width)).repeat(rows),
+            cell_token=torch.where(keys.reshape(-1), cells, torch.full_like(cells, total)),
+            token_cell=cells,
+            keys=keys,
+            last=torch.arange(1, rows + 1, device=dev) * width - 1,
+            tokens=-1,
+        )
 
     @classmethod
     def build(cls, input_ids: torch.Tensor | np.ndarray, max_len: int, token_multiple: int = 512,

@@ -185,7 +185,11 @@ class SASRec(SequenceEncoder):
     def static_plan(self, input_ids: torch.Tensor | np.ndarray, device: torch.device | str | None = None
                     ) -> StaticPlan:
         """``StaticPlan`` of input_ids long [B, W] with this model's buckets (``model.token_multiple``,
-        ``model.width_multiple``)."""
+        ``model.width_multiple``); with token_multiple 0 the whole [B, W] grid, planned on the
+        input's device (``StaticPlan.full_grid``: no host read)."""
+        if self.cfg.token_multiple == 0:
+            ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.from_numpy(np.asarray(input_ids))
+            return StaticPlan.full_grid(ids.to(device) if device is not None else ids, self.max_len)
         return StaticPlan.build(input_ids, self.max_len, self.cfg.token_multiple, self.cfg.width_multiple, device)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
