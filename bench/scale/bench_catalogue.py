@@ -165,6 +165,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--random", type=int, default=1024)
     ap.add_argument("--mined", type=int, nargs="+", default=[0, 64, 256])
+    ap.add_argument("--full-sizes", type=int, nargs="+", help="sizes of the full runs (default: --sizes)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "scale" / "results" / "catalogue.json"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -178,8 +179,9 @@ def main() -> int:
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     runs = []
+    full_sizes = args.sizes if args.full_sizes is None else args.full_sizes
     jobs = [(size, mode, k) for size in args.sizes for mode in args.modes
-            for k in (args.mined if mode == "sampled" else [0])]
+            for k in (args.mined if mode == "sampled" else [0]) if mode == "sampled" or size in full_sizes]
     for size, mode, k in jobs:
             cmd = [sys.executable, __file__, "--child", "--size", str(size), "--mode", mode, "--steps", str(args.steps),
                    "--batch", str(args.batch), "--random", str(args.random), "--mined", str(k)]
