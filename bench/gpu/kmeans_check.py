@@ -33,6 +33,16 @@ from fenrec_dist.negatives.knn import nearest  # noqa: E402
 from fenrec_dist.negatives.torch_kmeans import inertia, kmeans  # noqa: E402
 
 
+def _git_head() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except Exception:
+        return ""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -57,7 +67,7 @@ def main() -> int:
             idx = order[i:i + 2048]
             reprs[torch.from_numpy(idx).to(dev)] = model(torch.from_numpy(data.train.inputs[idx].astype(np.int64)).to(dev))
     x = reprs.float().cpu()
-    out = {"device": args.device, "threads": args.threads, "n": int(x.shape[0]), "d": int(x.shape[1]), "k": args.k,
+    out = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "git": _git_head(), "device": args.device, "threads": args.threads, "n": int(x.shape[0]), "d": int(x.shape[1]), "k": args.k,
            "niter": args.niter, "seed": args.seed, "torch": torch.__version__}
     if dev.type == "cuda":
         torch.cuda.synchronize()
