@@ -27,7 +27,6 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import nn
