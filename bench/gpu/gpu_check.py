@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One-call GPU check (issue 28): Beauty epochs through the CLI, and the step eager vs graphed.
 
-    python bench/gpu/gpu_check.py [--device cuda] [--data Beauty.txt|PREPARED_DIR] [--budget-s 420]
+    python bench/gpu/gpu_check.py [--device cuda] [--data Beauty.txt|PREPARED_DIR] [--budget-s 400]
         [--out FILE.json] [--tiny] [--dry-run]
 
 Stages, each with its own time limit inside ``--budget-s`` (a stage that does not fit is
@@ -331,7 +331,7 @@ class Check:
 
     def main(self) -> int:
         args = self.args
-        plan = ["preflight", "tests", "data", "cli_eager", "cli_graphs", "cli_graphs_full", "steps", "cli_static"]
+        plan = ["preflight", "tests", "data", "cli_eager", "cli_graphs", "steps", "cli_graphs_full", "cli_static"]
         if args.dry_run:
             print(json.dumps({"plan": plan, "device": args.device, "budget_s": args.budget_s,
                               "beauty": str(self.find_beauty()), "tiny": args.tiny, "python": self.py}))
@@ -347,9 +347,9 @@ class Check:
                 if data is not None:
                     self.cli_run("cli_eager", data, work, [])
                     self.cli_run("cli_graphs", data, work, ["model.static_shapes=true", "model.cuda_graphs=true"])
+                    self.steps(data, work)
                     self.cli_run("cli_graphs_full", data, work, ["model.static_shapes=true", "model.cuda_graphs=true",
                                                                  "model.token_multiple=0"])
-                    self.steps(data, work)
                     self.cli_run("cli_static", data, work, ["model.static_shapes=true"])
             self.summary()
         except Exception as exc:  # the JSON line is still printed
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="One-call GPU check of issue 28 (one JSON line on stdout).")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--data", help="Beauty.txt (ICSRec format) or a prepared directory")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="the whole check's time budget")
+    ap.add_argument("--budget-s", type=float, default=400.0, help="the whole check's time budget")
     ap.add_argument("--steps", type=int, default=60, help="timed steps per variant and phase (step_bench.py)")
     ap.add_argument("--work", help="keep the work directory here (default: a temporary one, removed)")
     ap.add_argument("--out", help="write the JSON here too")

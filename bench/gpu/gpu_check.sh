@@ -8,7 +8,7 @@
 # on stderr. Exit 1 with the reason in the JSON's "errors" when a stage failed.
 #
 # Device call (with the 15-minute budget: one call):
-#   run(command="bash bench/gpu/gpu_check.sh", carry=[".whl", "data/gpu_check"], timeout_s=560)
+#   run(command="bash bench/gpu/gpu_check.sh", carry=[".whl", "data/gpu_check"], timeout_s=540)
 # where data/gpu_check/Beauty.txt is a copy of ../shared/data/Beauty.txt (1 MB; else synthetic).
 # Extra arguments go to gpu_check.py (e.g. --budget-s 300, --steps 40, --no-tests).
 set -euo pipefail
@@ -26,5 +26,5 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2 || echo "gpu_check.sh: no nvidia-smi" >&2
 OUT_JSON=${OUT:+$OUT/gpu_check.json}
-# the Python side keeps its own budget (--budget-s, default 420 s); this is the backstop
-timeout 500 "$PY" bench/gpu/gpu_check.py ${OUT_JSON:+--out "$OUT_JSON"} "$@"
+# the Python side keeps its own budget (--budget-s, default 400 s); this is the backstop
+timeout 470 "$PY" bench/gpu/gpu_check.py ${OUT_JSON:+--out "$OUT_JSON"} "$@"
