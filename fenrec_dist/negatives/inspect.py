@@ -323,7 +323,6 @@ def item_negatives(state: dict[str, Any], cfg: Any, samples: int = 2048, mined: 
     import torch
 
     from fenrec_dist.data.dataset import load_prepared
-    from fenrec_dist.losses.sampled_softmax import CandidateSampler, SampledSoftmaxSpec
     from fenrec_dist.model import build_encoder
     from fenrec_dist.negatives.item_index import ItemIndex
 
@@ -346,11 +345,11 @@ def item_negatives(state: dict[str, Any], cfg: Any, samples: int = 2048, mined: 
                          data.train.user[rows])
     k = mined or cfg.loss.sampled_mined or 64
     index = ItemIndex.build(items.numpy(), cfg.negatives, seed=seed)
-    counts = torch.bincount(torch.from_numpy(data.train.target.astype(np.int64)), minlength=data.num_items + 1)
-    spec = SampledSoftmaxSpec(in_batch=False, num_random=max(cfg.loss.sampled_random, 1),
-                              popularity=cfg.loss.sampled_popularity, logq=False)
-    sampler = CandidateSampler(data.num_items, spec, counts.float())
-    gen = torch.Generator().manual_seed(seed)
+    n_random = max(cfg.loss.sampled_random, 1)
+    q = None  # the training draw (losses/sampled_softmax.CandidateSampler): uniform, or add-one popularity
+    if cfg.loss.sampled_popularity:
+        q = np.bincount(data.train.target.astype(np.int64), minlength=data.num_items + 1)[1:] + 1.0
+        q /= q.sum()
     bsz = cfg.train.batch_size
     cand: dict[str, list[np.ndarray]] = {"in_batch": [], "random": [], "mined": []}
     for i in range(0, n, bsz):
@@ -360,7 +359,8 @@ def item_negatives(state: dict[str, Any], cfg: Any, samples: int = 2048, mined: 
         inb = np.broadcast_to(tb[None, :], (b, b)).copy()
         inb[np.arange(b), np.arange(b)] = 0  # the anchor's own target is its positive
         cand["in_batch"].append(inb)
-        cand["random"].append(np.broadcast_to(sampler.draw(gen).numpy()[None, :], (b, spec.num_random)).copy())
+        draw = rng.choice(data.num_items, n_random, p=q) + 1
+        cand["random"].append(np.broadcast_to(draw[None, :], (b, n_random)).copy())
         cand["mined"].append(index.mine(z[sl].numpy(), k, window[sl]))
     zn = torch.nn.functional.normalize(z, dim=1)
     itn = torch.nn.functional.normalize(items, dim=1)
