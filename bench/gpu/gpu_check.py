@@ -305,8 +305,9 @@ class Check:
         for phase, vs in bench.get("steps", {}).items():
             for v, r in vs.items():
                 head[f"step_{phase}_{v}_samples_per_s"] = r.get("samples_per_s")
-            if "graphed" in vs and "eager" in vs:
-                head[f"graphed_vs_eager_{phase}"] = vs["graphed"].get("speedup_vs_eager")
+            for v, r in vs.items():  # same batches in the same call: graphed_vs_eager_hard, ...
+                if v != "eager" and r.get("speedup_vs_eager") is not None:
+                    head[f"{v}_vs_eager_{phase}"] = r["speedup_vs_eager"]
         ep = bench.get("epoch", {})
         for v, r in ep.items():
             head[f"epoch_hard_train_{v}_s"] = r.get("seconds")
