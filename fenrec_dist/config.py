@@ -711,6 +711,9 @@ def validate(cfg: Config) -> None:
     if loss.rec_softmax == "sampled" and not (loss.sampled_in_batch or loss.sampled_random or loss.sampled_mined):
         raise ConfigError("loss.rec_softmax: sampled needs candidates: loss.sampled_in_batch, loss.sampled_random "
                           "> 0 or loss.sampled_mined > 0", keys=["loss.rec_softmax"])
+    if model.cuda_graphs and not model.static_shapes:
+        raise ConfigError("model.cuda_graphs: needs model.static_shapes=true (a CUDA graph replays fixed shapes)",
+                          keys=["model.cuda_graphs", "model.static_shapes"])
     if model.hidden % model.heads:
         raise ConfigError(f"model.hidden: must be divisible by model.heads ({model.heads}), got {model.hidden}",
                           keys=["model.hidden", "model.heads"])

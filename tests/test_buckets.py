@@ -168,3 +168,12 @@ def test_full_grid_path_equals_packed_path_outputs_and_gradients(last):
     assert torch.allclose(out, ref, atol=1e-6, rtol=0)
     for (name, a), b in zip(full.named_parameters(), packed.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-5), name
+
+
+def test_cuda_graphs_needs_static_shapes():
+    from fenrec_dist.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="model.cuda_graphs: needs model.static_shapes=true"):
+        load_config(None, ["model.cuda_graphs=true"])
+    cfg = load_config(None, ["model.cuda_graphs=true", "model.static_shapes=true", "model.token_multiple=0"])
+    assert cfg.model.cuda_graphs and cfg.model.token_multiple == 0
