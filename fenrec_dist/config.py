@@ -301,6 +301,8 @@ class TrainConfig:
         "auto", "Every runtime's one policy: bf16 autocast of the encoder on CUDA (auto or bf16), float32 "
         "parameters, optimizer state and losses; float32 on CPU.")
     progress: bool = _f(True, "Show a per-epoch progress bar on a terminal (never drawn into a log file or pipe).")
+    epoch_steps: int = _f(0, "Cap on optimizer steps per epoch (0 = the whole epoch): smoke runs and benchmarks.",
+                          ge(0))
     time_limit_min: float = _f(
         0.0, "Stop starting new epochs after this many minutes (0 = none); the best checkpoint is still tested.",
         ge(0),
@@ -311,6 +313,8 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = _f(1024, "Users per evaluation batch.", ge(1))
     item_chunk: int = _f(65536, "Items scored per chunk in full-ranking top-k.", ge(1))
+    max_users: int = _f(0, "Validation and final scoring on a fixed seeded sample of about this many users "
+                           "(0 = every user, as every reported figure uses).", ge(0))
     ks: list[int] = _f([5, 10, 20], "Cut-offs of HR@k and NDCG@k.", ListOf(ge(1), "ints"))
     metric: str = _f("NDCG@20", "Validation metric for model selection and early stopping: HR@k or NDCG@k "
                                 "with k in eval.ks, or MRR.")

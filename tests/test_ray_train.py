@@ -67,6 +67,26 @@ def test_killed_worker_restarts_from_checkpoint_and_matches_uninterrupted(tiny_d
             assert again[split][k] == pytest.approx(v, abs=1e-9), (split, k)
 
 
+def test_one_ray_worker_equals_one_local_process(tiny_data, tmp_path, local_ray):
+    """The one trainer under both runtimes: same seed, same shards (all of them), same losses per
+    epoch and the same validation metrics, with DeepSpeed's engine stepping the same torch Adam."""
+    from fenrec_dist.train.local import train_local
+
+    kw = dict(train__epochs=2, distributed__num_workers=1, distributed__cpus_per_worker=1)
+    local = train_local(load_config(None, tiny_overrides(tiny_data, **kw)), tmp_path / "local", log=lambda *_: None)
+    ray_final = _run(tiny_data, tmp_path / "ray", **kw)
+    a, b = read_metrics(tmp_path / "local"), read_metrics(tmp_path / "ray")
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [0, 1]
+    for ra, rb in zip(a, b):
+        for k, v in ra["loss"].items():
+            assert rb["loss"][k] == pytest.approx(v, rel=1e-5, abs=1e-7), (ra["epoch"], k)
+        for k, v in ra["valid"].items():
+            assert rb["valid"][k] == pytest.approx(v, abs=1e-6), (ra["epoch"], k)
+    for k, v in local["test"].items():
+        assert ray_final["test"][k] == pytest.approx(v, abs=1e-6), k
+    assert ray_final["best_epoch"] == local["best_epoch"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

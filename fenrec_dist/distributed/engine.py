@@ -27,9 +27,9 @@ def deepspeed_config(cfg: Config) -> dict[str, Any]:
         "bf16": {"enabled": False},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        # always explicit: DeepSpeed's own default clips at 1.0, which the torch step never does
+        "gradient_clipping": cfg.train.grad_clip,
     }
-    if cfg.train.grad_clip > 0:
-        ds["gradient_clipping"] = cfg.train.grad_clip
     if cfg.deepspeed.optimizer != "torch_adam":
         ds["optimizer"] = {"type": cfg.deepspeed.optimizer,
                            "params": {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay}}

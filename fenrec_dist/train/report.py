@@ -52,7 +52,8 @@ def progress_line(rec: dict[str, Any], max_epochs: int, metric: str, patience: i
                f"in-batch={neg['train_cos_in_batch']:.3f}" if "train_cos_in_batch" in neg else ""]
         parts.insert(4, "index " + " ".join(f for f in fig if f))
     if "startup" in rec:
-        parts.append("startup " + " ".join(f"{k}={v:.1f}s" for k, v in rec["startup"].items() if k != "local_rows"))
+        parts.append("startup " + " ".join(f"{k}={v:.1f}s" for k, v in rec["startup"].items()
+                                           if isinstance(v, (int, float))))
     return " | ".join(parts)
 
 

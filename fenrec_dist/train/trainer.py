@@ -110,6 +110,19 @@ def cluster_across_ranks(sample_ids: np.ndarray, reprs: np.ndarray, k: int, nite
     return IntentClusters(C.broadcast_array(cents, (k, points.shape[1]), device))
 
 
+def user_sample(user: np.ndarray, total_users: int, max_users: int, seed: int) -> np.ndarray:
+    """bool [U]: the users (ids int64 [U]) of ``eval.max_users``' fixed sample, each kept with
+    probability ``max_users / total_users`` by a hash of its id and the seed (so the same
+    users on any number of ranks); all when ``max_users`` is 0 or at least ``total_users``."""
+    if max_users <= 0 or max_users >= total_users:
+        return np.ones(len(user), dtype=bool)
+    x = (np.asarray(user, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 finaliser
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53) < max_users / total_users
+
+
 def evaluate(encoder: SequenceEncoder, data: RankData, cfg: Config, split: str, device: torch.device
              ) -> dict[str, float]:
     """Full-ranking metrics of ``split`` over every rank's users (sums all-reduced)."""
@@ -126,6 +139,22 @@ def negatives_record(summary: dict[str, Any] | None, train_stats: dict[str, floa
             if summary.get(k) is not None:
                 out[k] = float(summary[k])
     return out
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far, MiB (Linux: ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def per_rank(value: float, device: torch.device, scale: int = 1024) -> list[float]:
+    """``value`` of every rank, in rank order (a one-element list in one process); exchanged as
+    an integer count of 1/``scale`` units."""
+    rank, _ = C.world()
+    mine = np.array([[int(round(value * scale))]], dtype=np.int64)
+    _, rows = C.gather_rows_to_all(np.array([rank], dtype=np.int64), mine, device)
+    return [float(v) / scale for v in rows[:, 0]]
 
 
 def fault_hook(epoch: int, rank: int) -> Callable[[], None] | None:
@@ -228,9 +257,13 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
         raise ConfigError("negatives.sources: the sample index ('index') runs in one process only for now "
                           "(distributed.num_workers=1 or --local); drop it for sharded multi-worker runs")
     data = load_rank_data(cfg.data.path, rank, world, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
+    if cfg.eval.max_users:
+        data.eval = data.eval.subset(user_sample(data.eval.user, data.total_users, cfg.eval.max_users, cfg.train.seed))
     t_load = time.perf_counter()
     model = build_model(cfg, data.num_items, data.max_len, device)
+    rng = torch.get_rng_state()
     engine = rt.engine(model, cfg)
+    torch.set_rng_state(rng)  # an engine's set-up (DeepSpeed's) must not shift the dropout draws
     t_engine = time.perf_counter()
     prog = _Progress(cfg, engine.module)
     with rt.resume_from() as d:
@@ -238,8 +271,7 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             prog.restore(Path(d), rank, world, engine, device, rt.log)
             rt.log(f"resumed after epoch {prog.epoch - 1} (best {cfg.eval.metric}={prog.stopper.best:.4f}"
                    f"@{prog.stopper.best_epoch})")
-    startup = {"load_data": t_load - t_start, "engine_init": t_engine - t_load, "local_rows": float(len(data.train)),
-               "bytes_read": float(data.bytes_read)}
+    startup = {"load_data": t_load - t_start, "engine_init": t_engine - t_load}
     loss_fn = FENRecLoss(cfg.loss, cfg.negatives,
                          comm=C.ProcessGroupComm(max_rows=cfg.train.batch_size) if world > 1 else None)
     partners = PartnerIndex.build(data.train.target, data.num_items)  # every partner is in this rank's shards
@@ -276,6 +308,8 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
                                 cfg.train.length_grouping, cfg.train.length_bucket_batches,
                                 order_rng=epoch_rng(cfg.train.seed, epoch, BATCH_ORDER_STREAM) if world > 1 else None)
         batches = batches[: C.all_reduce_min(len(batches), device)]  # collectives need equal step counts
+        if cfg.train.epoch_steps:
+            batches = batches[: cfg.train.epoch_steps]
         step = _scheduled(_with_hook(engine.step, fault_hook(epoch, rank)), engine, cfg, epoch, len(batches))
         res = train_epoch(engine.net, engine.module, step, data.train,
                           partners, data.train, batches, loss_fn, epoch, intents, cfg.train.seed, device, rank=rank,
@@ -298,13 +332,15 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             "best": prog.stopper.best, "best_epoch": prog.stopper.best_epoch,
             "phase": "hard" if loss_fn.after_warmup(epoch) else "warmup",
         }
+        rec["memory"] = {"peak_rss_mib": per_rank(peak_rss_mib(), device)}
         if world > 1:
             rec["world_size"] = world
         if refresher is not None:
             refresher.record_training(epoch, res.stats)
             rec["negatives"] = negatives_record(refresher.summary, res.stats)
         if epoch == first_epoch:
-            rec["startup"] = startup
+            rec["startup"] = {**startup, "bytes_read": per_rank(float(data.bytes_read), device, 1),
+                              "local_rows": per_rank(float(len(data.train)), device, 1)}
         rt.commit(rec, prog.writer(rank, world, engine, rec))
 
     # final: the best weights on validation and test, on every rank (collectives)
