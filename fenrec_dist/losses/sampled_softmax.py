@@ -25,9 +25,10 @@ log(G p_s + N q_s) (p the in-batch target distribution, q the random one), the s
 is an unbiased estimate of the catalogue's sum over the items that are neither positive nor
 mined (a Horvitz-Thompson estimate restricted by an indicator stays unbiased), so the
 denominator estimates the full softmax's; without it (c = 0) in-batch and random candidates
-count once per draw (plain sampled softmax). Every item lookup goes through
-``F.embedding(..., sparse=True)`` when ``sparse_grad``: the item table's gradient is then a
-sparse [I + 1, d] tensor whose rows are the touched items only (``optim/sparse_adam.py``).
+count once per draw (plain sampled softmax). The step's item rows (window, shared, mined) are
+looked up once, by their unique ids (``unique_rows``); with ``sparse_grad`` the item table's
+gradient is a coalesced sparse [I + 1, d] tensor of those rows only (``optim/sparse_adam.py``),
+else a dense one.
 """
 
 from __future__ import annotations
