@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 from fenrec_dist.config import LossConfig, ModelConfig, NegativesConfig
 from fenrec_dist.comm import ProcessGroupComm
-from fenrec_dist.intents import IntentClusters
+from fenrec_dist.negatives.intents import IntentClusters
 from fenrec_dist.losses.fenrec import FENRecLoss
 from fenrec_dist.model import build_encoder
 

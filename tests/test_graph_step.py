@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fenrec_dist.config import LossConfig, ModelConfig, NegativesConfig
-from fenrec_dist.intents import IntentClusters
+from fenrec_dist.negatives.intents import IntentClusters
 from fenrec_dist.losses.fenrec import FENRecLoss
 from fenrec_dist.model import SASRec
 from fenrec_dist.model.graphed import GraphedEncoder

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fenrec_dist.config import LossConfig, NegativesConfig
-from fenrec_dist.intents import IntentClusters
+from fenrec_dist.negatives.intents import IntentClusters
 from fenrec_dist.losses.fenrec import FENRecLoss
 from fenrec_dist.losses.hard_negatives import explicit_hard_negatives, hard_negative_logits, sample_lam
 from fenrec_dist.losses.intent_contrast import NegativeBlock, make_contrast_batch, weighted_info_nce

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fenrec_dist.intents import IntentClusters, resolve_backend
+from fenrec_dist.negatives.intents import IntentClusters, resolve_backend
 from fenrec_dist.negatives.knn import nearest, search
 from fenrec_dist.negatives.torch_kmeans import inertia, kmeans, split_empty
 

@@ -253,7 +253,7 @@ def test_resumed_run_keeps_best_epoch_and_stop_epoch_of_an_uninterrupted_one(tin
 
 
 def test_intents_are_clustered_once_per_epoch(tiny_data, tmp_path, monkeypatch):
-    from fenrec_dist.intents import IntentClusters
+    from fenrec_dist.negatives.intents import IntentClusters
 
     original = IntentClusters.fit.__func__
     calls = []

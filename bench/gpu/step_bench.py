@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
 
 from fenrec_dist.config import Config, load_config  # noqa: E402
 from fenrec_dist.data.dataset import load_prepared  # noqa: E402
-from fenrec_dist.intents import IntentClusters  # noqa: E402
+from fenrec_dist.negatives.intents import IntentClusters  # noqa: E402
 from fenrec_dist.losses.fenrec import FENRecLoss  # noqa: E402
 from fenrec_dist.model import build_encoder  # noqa: E402
 from fenrec_dist.model.graphed import CapturedStep, GraphedEncoder  # noqa: E402

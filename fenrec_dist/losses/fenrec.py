@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from fenrec_dist.config import LossConfig, NegativesConfig
-from fenrec_dist.intents import IntentClusters
+from fenrec_dist.negatives.intents import IntentClusters
 from fenrec_dist.losses.intent_contrast import (
     ContrastBatch,
     contrast_loss,

@@ -19,7 +19,7 @@ import torch
 
 from fenrec_dist.config import Config
 from fenrec_dist.comm import gather_rows_to_all
-from fenrec_dist.intents import IntentClusters
+from fenrec_dist.negatives.intents import IntentClusters
 from fenrec_dist.negatives.index import (
     FaissResources,
     Mined,

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from fenrec_dist.data.dataset import EvalTable, SampleTable, right_pad
-from fenrec_dist.intents import IntentClusters
+from fenrec_dist.negatives.intents import IntentClusters
 from fenrec_dist.losses.fenrec import FENRecLoss
 from fenrec_dist.metrics import rank_metrics, target_ranks
 from fenrec_dist.model.base import SequenceEncoder

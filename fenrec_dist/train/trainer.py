@@ -22,7 +22,7 @@ import torch
 from fenrec_dist import comm as C
 from fenrec_dist.config import Config, ConfigError
 from fenrec_dist.data.shards import RankData, load_rank_data
-from fenrec_dist.intents import IntentClusters
+from fenrec_dist.negatives.intents import IntentClusters
 from fenrec_dist.losses.fenrec import FENRecLoss
 from fenrec_dist.metrics import finalize
 from fenrec_dist.model import build_encoder
@@ -91,12 +91,12 @@ def epoch_intents(encoder: SequenceEncoder, data: RankData, cfg: Config, epoch: 
         return None, reprs
     keep = kmeans_sample(data.train.sample_id, data.total_train, cfg.intents.max_points, cfg.train.seed, epoch)
     intents = cluster_across_ranks(data.train.sample_id[keep], reprs[keep], cfg.intents.k, cfg.intents.niter,
-                                   cfg.train.seed + epoch, device, cfg.intents.nredo)
+                                   cfg.train.seed + epoch, device, cfg.intents.nredo, cfg.intents.backend)
     return intents, reprs
 
 
 def cluster_across_ranks(sample_ids: np.ndarray, reprs: np.ndarray, k: int, niter: int, seed: int,
-                         device: torch.device, nredo: int = 1) -> IntentClusters:
+                         device: torch.device, nredo: int = 1, backend: str = "auto") -> IntentClusters:
     """k-means once over every rank's points, in sample-id order (as in one process), on rank
     0; the centroids are broadcast so all ranks assign alike.
 
@@ -106,8 +106,12 @@ def cluster_across_ranks(sample_ids: np.ndarray, reprs: np.ndarray, k: int, nite
     _, points = C.gather_rows_to_all(sample_ids, reprs, device)
     rank, _ = C.world()
     k = min(k, points.shape[0])
-    cents = IntentClusters.fit(points, k, niter, seed=seed, nredo=nredo).centroids if rank == 0 else None
-    return IntentClusters(C.broadcast_array(cents, (k, points.shape[1]), device))
+    cents = IntentClusters.fit(points, k, niter, seed=seed, nredo=nredo, backend=backend,  # type: ignore[arg-type]
+                               device=device).centroids if rank == 0 else None
+    if isinstance(cents, torch.Tensor):
+        cents = cents.detach().float().cpu().numpy()
+    return IntentClusters(C.broadcast_array(cents, (k, points.shape[1]), device), backend=backend,  # type: ignore[arg-type]
+                          device=device)
 
 
 def user_sample(user: np.ndarray, total_users: int, max_users: int, seed: int) -> np.ndarray:
