@@ -80,7 +80,7 @@ def twin_arms(data: str, config: str, overrides: list[str] | None = None) -> tup
 def fit_intents(arm: Arm):  # type: ignore[no-untyped-def]
     """k-means intents of ``arm``'s initial model over the training set; sets ``arm.intents``
     and returns the centroids (to hand to another arm)."""
-    from fenrec_dist.intents import IntentClusters
+    from fenrec_dist.negatives.intents import IntentClusters
     from fenrec_dist.train.loop import embed
 
     reprs = embed(arm.model, arm.data.train.inputs, arm.cfg.intents.batch_size, arm.device)

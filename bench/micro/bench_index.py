@@ -48,7 +48,7 @@ def main() -> int:
     from fenrec_dist.config import load_config
     from fenrec_dist.data.dataset import load_prepared
     from fenrec_dist.data.prepare import prepare
-    from fenrec_dist.intents import IntentClusters
+    from fenrec_dist.negatives.intents import IntentClusters
     from fenrec_dist.negatives.index import TrainingFacts, build_index, search
     from fenrec_dist.negatives.refresh import IndexRefresher
     from fenrec_dist.negatives.store import NegativesStore

@@ -131,7 +131,7 @@ def main() -> int:
     import numpy as np
 
     from fenrec_dist.config import ModelConfig
-    from fenrec_dist.intents import IntentClusters
+    from fenrec_dist.negatives.intents import IntentClusters
     from fenrec_dist.model import build_encoder
 
     lengths = np.minimum(1 + np.random.default_rng(0).geometric(0.13, 2 * b), 50)

@@ -50,7 +50,7 @@ def _rank(rank: int, world: int, port: int, data_dir: str, config: str, steps: i
     from fenrec_dist.config import load_config
     from fenrec_dist.data.dataset import load_prepared
     from fenrec_dist.comm import ProcessGroupComm
-    from fenrec_dist.intents import IntentClusters
+    from fenrec_dist.negatives.intents import IntentClusters
     from fenrec_dist.losses.fenrec import FENRecLoss
     from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
     from fenrec_dist.train.single import build_model
