@@ -256,24 +256,31 @@ def _refresh_cfg():  # type: ignore[no-untyped-def]
 
 
 def _refresh_worker(rank: int, world: int, port: int, out: str) -> None:
-    from fenrec_dist import comm as C
+    import numpy as np
+
+    from fenrec_dist.negatives.index import TrainingFacts
     from fenrec_dist.negatives.refresh import IndexRefresher
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         facts, vectors = _refresh_problem()
-        dev = torch.device("cpu")
-        ref = IndexRefresher(_refresh_cfg(), facts, None, rank, world,
-                             gather_rows=lambda ids, rows: C.gather_rows_to_all(ids, rows, dev))
-        ei = ref.refresh(0, vectors, dev)
-        torch.save({"neighbors": ei.neighbors}, f"{out}.{rank}")
+        ids = np.flatnonzero(np.arange(len(vectors)) % world == rank)  # this rank's shard
+        mine = TrainingFacts(facts.user[ids], facts.target[ids], facts.future[ids], facts.future_len[ids])
+        ref = IndexRefresher(_refresh_cfg(), mine, None, rank, world, ids=ids)
+        ei = ref.refresh(0, vectors[ids], torch.device("cpu"))
+        # the loss's view: each local row's neighbours' vectors, read through the rank's cache
+        nb = ei.neighbors
+        vecs = torch.where((nb >= 0)[:, :, None], ei.vectors[nb.clamp_min(0)], torch.zeros(()))
+        torch.save({"ids": torch.from_numpy(ids), "neighbors": torch.from_numpy(ref.prev), "vectors": vecs},
+                   f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-def compare_index_refresh(world: int = 2) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Mined neighbours of one process vs each rank of a split-and-gathered refresh."""
+def compare_index_refresh(world: int = 2) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """One exact index over every sample in one process vs ``world`` ranks that each index their
+    own shard: (single neighbours [N, k], all vectors [N, d], every rank's result)."""
     from fenrec_dist.negatives.refresh import IndexRefresher
 
     facts, vectors = _refresh_problem()
@@ -281,8 +288,8 @@ def compare_index_refresh(world: int = 2) -> tuple[torch.Tensor, list[torch.Tens
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "refresh")
         mp.spawn(_refresh_worker, args=(world, _free_port(), out), nprocs=world, join=True)
-        ranks = [torch.load(f"{out}.{r}", weights_only=True)["neighbors"] for r in range(world)]
-    return single, ranks
+        ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(world)]
+    return single, torch.from_numpy(vectors), ranks
 
 
 # --------------------------------------------------------------------------- packed gather

@@ -226,12 +226,24 @@ def test_index_negatives_two_workers_equal_one_process():
     assert abs(with_index["coarse"] - without["coarse"]) > 1e-3
 
 
-def test_split_refresh_across_ranks_equals_one_process():
+def test_sharded_refresh_across_ranks_equals_one_index_over_all_samples():
+    """Each rank indexes its own shard, its queries go to every rank and the top candidates are
+    merged: with the exact index the kept neighbours are those of one index over all samples,
+    and each rank's cache hands the loss the same neighbour vectors."""
     import dist_harness as selfcheck
 
-    single, ranks = selfcheck.compare_index_refresh(2)
+    single, vectors, ranks = selfcheck.compare_index_refresh(2)
+    seen = []
     for r in ranks:
-        assert torch.equal(r, single)
+        ids = r["ids"].long()
+        assert torch.equal(r["neighbors"], single[ids])
+        nb = single[ids]
+        want = torch.where((nb >= 0)[:, :, None], vectors[nb.clamp_min(0)], torch.zeros(()))
+        assert torch.equal(r["vectors"], want)
+        seen.append(ids)
+    assert torch.equal(torch.sort(torch.cat(seen)).values, torch.arange(len(single)))
+    assert any((r["neighbors"] >= 0).any() and not torch.isin(r["neighbors"][r["neighbors"] >= 0], r["ids"]).all()
+               for r in ranks), "no neighbour crossed a shard: the test would not exercise the merge"
 
 
 def test_config_rejects_bad_index_settings():

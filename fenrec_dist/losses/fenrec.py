@@ -135,7 +135,8 @@ class FENRecLoss:
             epoch: 0-based epoch (selects the warm-up phase).
             intents: this epoch's clusters, or None to skip the fine term.
             generator: CPU generator for lam and noise draws.
-            anchor_ids, partner_ids: long [B] sample ids of anchors and partners (needed by
+            anchor_ids, partner_ids: long [B] rows of anchors and partners in the epoch index (this
+                rank's local rows; in one process the sample ids) (needed by
                 index-mined negatives).
             index: the epoch's refreshed negative index, or None.
             mined_items: long [B, K] hard items per anchor from the item index (sampled L_rec; 0 =

@@ -141,15 +141,16 @@ class IndexNegatives:
         keys = ctx.extras.get("row_keys")
         if keys is None:
             return []
-        nb = self.index.neighbors[keys.to(self.index.neighbors.device)].to(batch.z.device)  # [N, k], all rows
-        lam = sample_lam(tuple(nb.shape), self.lam_min, self.lam_max, ctx.generator)  # all rows: one stream
+        k = self.index.neighbors.shape[1]
+        lam = sample_lam((keys.shape[0], k), self.lam_min, self.lam_max, ctx.generator)  # all rows: one stream
         groups = ctx.extras.get("row_groups")
         if isinstance(lam, torch.Tensor):
             lam = lam.to(batch.z.device)
-        if batch.rows is not None:  # this process computes some rows only: keep theirs
-            nb = nb[batch.rows]
+        if batch.rows is not None:  # this process computes its own rows only (keys: its local rows)
+            keys = keys[batch.rows.to(keys.device)]
             groups = groups[batch.rows] if groups is not None else None
             lam = lam[batch.rows] if isinstance(lam, torch.Tensor) else lam
+        nb = self.index.neighbors[keys.to(self.index.neighbors.device)].to(batch.z.device)  # [R, k]
         missing = nb < 0
         safe = nb.clamp_min(0)
         vecs = self.index.vectors.to(batch.z.device)[safe]  # [R, k, d]

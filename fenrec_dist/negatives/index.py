@@ -67,19 +67,34 @@ def false_negative_reasons(anchors: np.ndarray, cands: np.ndarray, facts: Traini
     """
     anchors = np.asarray(anchors, dtype=np.int64)
     cands = np.asarray(cands, dtype=np.int64)
+    c = np.where(cands < 0, 0, cands)
+    return reasons_for(anchors, facts.user[anchors], facts.target[anchors], facts.future[anchors],
+                       facts.future_len[anchors], cands, facts.user[c], facts.target[c], exclude_same_user)
+
+
+def reasons_for(anchors: np.ndarray, anchor_user: np.ndarray, anchor_target: np.ndarray, anchor_future: np.ndarray,
+                anchor_future_len: np.ndarray, cands: np.ndarray, cand_user: np.ndarray, cand_target: np.ndarray,
+                exclude_same_user: bool = True) -> np.ndarray:
+    """``false_negative_reasons`` from the facts themselves (a sharded index ships the
+    candidates' user and target with them).
+
+    Args:
+        anchors: int64 [n] anchor sample ids; anchor_user int64 [n], anchor_target int [n],
+            anchor_future int [n, H+1], anchor_future_len int [n].
+        cands: int64 [n, K] candidate sample ids (-1 = no result); cand_user, cand_target [n, K].
+    """
+    cands = np.asarray(cands, dtype=np.int64)
     missing = cands < 0
-    c = np.where(missing, 0, cands)
     out = np.zeros(cands.shape, dtype=np.int8)
-    t = facts.target[c]  # [n, K]
-    fut = facts.future[anchors]  # [n, H+1]
-    cols = np.arange(fut.shape[1])
-    fut_valid = cols[None, :] < facts.future_len[anchors][:, None]
-    in_future = ((t[:, :, None] == fut[:, None, :]) & fut_valid[:, None, :]).any(axis=2)
+    t = np.asarray(cand_target)
+    cols = np.arange(anchor_future.shape[1])
+    fut_valid = cols[None, :] < np.asarray(anchor_future_len)[:, None]
+    in_future = ((t[:, :, None] == anchor_future[:, None, :]) & fut_valid[:, None, :]).any(axis=2)
     out[in_future] = IN_FUTURE
-    out[t == facts.target[anchors][:, None]] = SAME_TARGET
+    out[t == np.asarray(anchor_target)[:, None]] = SAME_TARGET
     if exclude_same_user:
-        out[facts.user[c] == facts.user[anchors][:, None]] = SAME_USER
-    out[c == anchors[:, None]] = SELF
+        out[np.asarray(cand_user) == np.asarray(anchor_user)[:, None]] = SAME_USER
+    out[cands == np.asarray(anchors, dtype=np.int64)[:, None]] = SELF
     out[missing] = MISSING
     return out
 

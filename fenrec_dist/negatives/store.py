@@ -46,15 +46,18 @@ def _list_col(a: np.ndarray, typ: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(a.reshape(-1), type=typ))
 
 
-def samples_table(m: Mined, facts: TrainingFacts, epoch: int, intent_of: np.ndarray | None) -> pa.Table:
-    """The per-sample neighbour metadata of one epoch (rows in ``m.query_ids`` order)."""
+def samples_table(m: Mined, facts: TrainingFacts, epoch: int, intent_of: np.ndarray | None,
+                  rows: np.ndarray | None = None) -> pa.Table:
+    """The per-sample neighbour metadata of one epoch (rows in ``m.query_ids`` order);
+    ``rows``: where each query's facts and intent lie (default: its sample id)."""
     q = m.query_ids
+    r = q if rows is None else rows
     return pa.table({
         "sample_id": pa.array(q, pa.int64()),
-        "user": pa.array(facts.user[q].astype(np.int64), pa.int64()),
-        "target": pa.array(facts.target[q].astype(np.int32), pa.int32()),
+        "user": pa.array(facts.user[r].astype(np.int64), pa.int64()),
+        "target": pa.array(facts.target[r].astype(np.int32), pa.int32()),
         "epoch": pa.array(np.full(len(q), epoch, np.int32), pa.int32()),
-        "intent": pa.array((intent_of[q] if intent_of is not None else np.full(len(q), -1)).astype(np.int32), pa.int32()),
+        "intent": pa.array((intent_of[r] if intent_of is not None else np.full(len(q), -1)).astype(np.int32), pa.int32()),
         "neighbors": _list_col(m.neighbors.astype(np.int64), pa.int64()),
         "neighbor_sim": _list_col(m.neighbor_sims.astype(np.float32), pa.float32()),
         "raw_neighbors": _list_col(m.raw_ids.astype(np.int64), pa.int64()),

@@ -157,8 +157,8 @@ def train_epoch(
             z[:bsz], z[bsz:], encoder.item_weights().float(),
             to_tensor(table.target[b], device), to_tensor(table.future[b], device),
             to_tensor(table.future_len[b], device), epoch, intents, gen,
-            anchor_ids=to_tensor(table.sample_id[b], device) if index is not None else None,
-            partner_ids=to_tensor(partner_table.sample_id[p], device) if index is not None else None,
+            anchor_ids=to_tensor(b, device) if index is not None else None,  # rows of the epoch index
+            partner_ids=to_tensor(p, device) if index is not None else None,
             index=index,
         )
         if not torch.isfinite(parts.total):

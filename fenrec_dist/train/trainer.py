@@ -257,9 +257,6 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     rank, world, device = rt.rank, rt.world_size, rt.device
-    if uses_index(cfg) and world > 1:
-        raise ConfigError("negatives.sources: the sample index ('index') runs in one process only for now "
-                          "(distributed.num_workers=1 or --local); drop it for sharded multi-worker runs")
     data = load_rank_data(cfg.data.path, rank, world, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
     if cfg.eval.max_users:
         data.eval = data.eval.subset(user_sample(data.eval.user, data.total_users, cfg.eval.max_users, cfg.train.seed))
@@ -285,7 +282,9 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
         from fenrec_dist.negatives.index import TrainingFacts
         from fenrec_dist.negatives.refresh import IndexRefresher
 
-        refresher = IndexRefresher(cfg, TrainingFacts.from_table(data.train), rt.negatives_store(),
+        t = data.train  # this rank's samples: each rank indexes its own, queries go to all (mine_sharded)
+        facts = TrainingFacts.from_table(t) if world == 1 else TrainingFacts(t.user, t.target, t.future, t.future_len)
+        refresher = IndexRefresher(cfg, facts, rt.negatives_store(), rank, world, ids=t.sample_id,
                                    gpu_id=(device.index or 0) if device.type == "cuda" else 0)
     rt.log(f"data {cfg.data.path}: {data.total_train:,} training samples ({len(data.train):,} on rank {rank} of "
            f"{world}), {data.total_users:,} users, {data.num_items:,} items | device {device} | "
