@@ -27,11 +27,15 @@ $(VENV)/.ds-warm: $(STAMP)
 demo: $(STAMP) $(VENV)/.ds-warm
 	$(VENV)/bin/fenrec demo
 
+# The fast tier: unit and small integration tests, in-process CLI calls, gloo process groups;
+# no Ray cluster, no Tune sweep, no subprocess training (those are `ray` or `slow`).
 test: $(STAMP) $(VENV)/.ds-warm
-	$(PY) -m pytest -q -m "not slow" --timeout=600
+	$(PY) -m pytest -q -m "not slow and not ray" --timeout=600 --durations=25
 
-test-all: $(STAMP)
-	$(PY) -m pytest -q --timeout=3600
+# Every tier: Ray Train runs (one worker equals one process, a killed worker resumes), Tune
+# sweeps, `ray job submit` against a real local head, subprocess CLI runs. CI runs this.
+test-all: $(STAMP) $(VENV)/.ds-warm
+	$(PY) -m pytest -q --timeout=3600 --durations=25
 
 # README results table and results/valid_curves.png from results/ (see results/README.md).
 report: $(STAMP)

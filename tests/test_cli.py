@@ -37,6 +37,7 @@ def test_ray_job_config_error_exits_2():
     assert "ray_job: config error: model.encoder" in out.stderr
 
 
+@pytest.mark.slow  # a subprocess training run: the full tier
 def test_sigterm_stops_a_local_run_resumably(tiny_data, tmp_path):
     """`kill` (SIGTERM) mid-run: exit 130 with the resume command, finished epochs kept;
     --resume then completes the run."""
