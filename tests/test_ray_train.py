@@ -87,6 +87,26 @@ def test_one_ray_worker_equals_one_local_process(tiny_data, tmp_path, local_ray)
     assert ray_final["best_epoch"] == local["best_epoch"]
 
 
+def test_two_workers_read_their_own_shards_and_mine_the_sharded_index(tiny_data, tmp_path, local_ray):
+    """Two Ray workers over target-partitioned shards with index-mined negatives: each rank reads
+    only its shards (bytes and rows per rank in the first record), every rank's peak RSS is
+    reported, and the sharded sample index feeds the loss after the warm-up."""
+    from fenrec_dist.data.shards import load_rank_data
+
+    final = _run(tiny_data, tmp_path / "idx", train__epochs=2,
+                 negatives__sources="[in_batch,hard,noise,index]", negatives__index_k=4,
+                 negatives__index_candidates=16)
+    recs = read_metrics(tmp_path / "idx")
+    assert [r["epoch"] for r in recs] == [0, 1] and final["epochs_run"] == 2
+    first = recs[0]
+    whole = load_rank_data(tiny_data, 0, 1)
+    rows, read = first["startup"]["local_rows"], first["startup"]["bytes_read"]
+    assert len(rows) == len(read) == len(first["memory"]["peak_rss_mib"]) == 2
+    assert sum(rows) == len(whole.train) and all(0 < r < len(whole.train) for r in rows)
+    assert all(b < whole.bytes_read for b in read)
+    assert recs[1]["phase"] == "hard" and recs[1]["negatives"]["train_index_used"] > 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -23,13 +23,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fenrec_dist.atomic import atomic_write_bytes, atomic_write_text, dir_mode, file_mode  # noqa: F401
 from fenrec_dist.config import RESUME_KEYS
 from fenrec_dist.data.errors import DataError
 
@@ -58,48 +58,8 @@ class ResultsError(DataError):
     """A results directory, or a run directory to collect, that is missing a file or holds a bad one."""
 
 
-# --------------------------------------------------------------------------- atomic writes
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def _file_mode(path: Path) -> int:
-    try:
-        return path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        return 0o666 & ~_umask()
-
-
-def dir_mode() -> int:
-    """The permissions of a new folder (the umask's), for folders made by mkdtemp (0700)."""
-    return 0o777 & ~_umask()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync and rename. The file
-    keeps the permissions of the one it replaces (a new one gets the umask's: not mkstemp's 0600)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _file_mode(path))
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+# atomic writes: fenrec_dist.atomic (re-exported for this package's modules)
+_file_mode = file_mode
 
 
 def json_text(obj: Any) -> str:

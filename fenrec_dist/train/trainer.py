@@ -38,6 +38,7 @@ from fenrec_dist.train.schedule import lr_factor
 
 BATCH_ORDER_STREAM = 1 << 20  # epoch_rng stream of the batch order, shared by the ranks (see epoch_batches)
 SAMPLE_STREAM = 1 << 21       # epoch_rng stream of the k-means sample
+STAT_KEYS = ("cos_in_batch", "cos_index", "index_used")  # the loss's negative diagnostics (index runs)
 FAULT_ENV = "FENREC_FAULT_AT"  # "EPOCH:BATCH:RANK:MARKER_FILE": SIGKILL this rank there, once (failure tests)
 
 
@@ -339,8 +340,14 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
         if world > 1:
             rec["world_size"] = world
         if refresher is not None:
-            refresher.record_training(epoch, res.stats)
-            rec["negatives"] = negatives_record(refresher.summary, res.stats)
+            stats = res.stats
+            if world > 1:  # the ranks' means, averaged (after the warm-up on every rank alike)
+                stats = {}
+                if loss_fn.after_warmup(epoch):
+                    sums = C.all_reduce_sums({k: res.stats.get(k, 0.0) for k in STAT_KEYS}, device)
+                    stats = {k: v / world for k, v in sums.items()}
+            refresher.record_training(epoch, stats)
+            rec["negatives"] = negatives_record(refresher.summary, stats)
         if epoch == first_epoch:
             rec["startup"] = {**startup, "bytes_read": per_rank(float(data.bytes_read), device, 1),
                               "local_rows": per_rank(float(len(data.train)), device, 1)}
