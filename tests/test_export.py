@@ -161,3 +161,28 @@ def test_negatives_inspect_items_reports_the_sources_hardness(exported, tmp_path
                      "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["sources"] == src and got["best_epoch"] == 1
+
+
+def test_sequence_text_ids_are_kept_as_given(tmp_path):
+    """Sequence-text data has no item map: the export recommends in the file's own ids."""
+    from fenrec_dist.data.prepare import prepare
+    from fenrec_dist.data.synth import SynthConfig, write_synth
+
+    write_synth(SynthConfig(users=200, items=50, intents=3, mean_length=8, seed=4), tmp_path / "seq.txt", fmt="seq")
+    prepare(tmp_path / "seq.txt", tmp_path / "data", max_len=10, horizon=2, num_shards=1)
+    assert not (tmp_path / "data" / "item_map.parquet").exists()
+    cfg = load_config(None, tiny_overrides(tmp_path / "data", model__init_std=0.5))
+    data = load_prepared(tmp_path / "data")
+    torch.manual_seed(1)
+    enc = build_encoder(cfg.model, data.num_items, cfg.data.max_len).eval()
+    m = export_run(enc.state_dict(), cfg, tmp_path / "data", tmp_path / "exp")
+    assert m["ids"] == "as_given" and not (tmp_path / "exp" / "item_map.parquet").exists()
+    rec = Recommender(tmp_path / "exp")
+    hist = [3, 17, 5]
+    x = torch.zeros(1, cfg.data.max_len, dtype=torch.long)
+    x[0, -3:] = torch.tensor(hist)
+    with torch.no_grad():
+        _, want = topk_items(enc(x), enc.item_weights(), torch.tensor([hist]), 5)
+    assert recommend_history(rec, "3 17 5", k=5)["items"] == want[0].tolist()
+    with pytest.raises(DataError, match=rf"unknown item id {data.num_items + 1}"):
+        recommend_history(rec, f"3 {data.num_items + 1}")
