@@ -60,7 +60,7 @@ def child(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(1)
     from fenrec_dist.config import load_config
-    from fenrec_dist.intents import IntentClusters
+    from fenrec_dist.negatives.intents import IntentClusters
     from fenrec_dist.losses.fenrec import FENRecLoss
     from fenrec_dist.model import build_encoder
     from fenrec_dist.negatives.item_index import ItemIndex
