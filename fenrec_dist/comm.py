@@ -161,6 +161,15 @@ def all_reduce_sums(sums: dict[str, float], device: torch.device) -> dict[str, f
     return dict(zip(keys, t.tolist()))
 
 
+def all_reduce_array(a: np.ndarray, device: torch.device) -> np.ndarray:
+    """An array (float64 or int64) summed over ranks; itself in one process."""
+    if not is_dist():
+        return a
+    t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
+    dist.all_reduce(t)
+    return t.cpu().numpy()
+
+
 def all_reduce_min(n: int, device: torch.device) -> int:
     if not is_dist():
         return n

@@ -824,3 +824,27 @@ def test_the_learning_rate_schedule_reaches_the_optimizer(tiny_data, tmp_path):
         want = cfg.train.lr * lr_factor(epoch, steps - 1, steps, cfg.train)
         assert st["optimizer"]["param_groups"][0]["lr"] == pytest.approx(want, rel=1e-12)
     assert want < cfg.train.lr
+
+
+def test_sampled_softmax_run_with_mined_items_trains_and_resumes_exactly(tiny_data, tmp_path):
+    """loss.rec_softmax=sampled through the trainer: the epoch's item index mines hard items per
+    step, the row-sparse Adam steps the item table, and a cut run resumes bit for bit."""
+    kw = dict(train__epochs=3, loss__rec_softmax="sampled", loss__sampled_random=16, loss__sampled_mined=4,
+              loss__sampled_popularity=True)
+    full = train_local(_cfg(tiny_data, **kw), tmp_path / "full", log=lambda *_: None)
+    recs = read_metrics(tmp_path / "full")
+    assert all("item_index" in r["time"] for r in recs) and full["epochs_run"] == 3
+
+    def stop_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch   1"):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_local(_cfg(tiny_data, **kw), tmp_path / "cut", log=stop_after_epoch_1)
+    train_local(_cfg(tiny_data, **kw), tmp_path / "cut", resume=True, log=lambda *_: None)
+    cut = read_metrics(tmp_path / "cut")
+    assert [r["loss"] for r in cut] == [r["loss"] for r in recs] and [r["valid"] for r in cut] == [r["valid"] for r in recs]
+    # the sampled objective is not the full one
+    dense = read_metrics(tmp_path / "full")[0]["loss"]["rec"]
+    ref = train_local(_cfg(tiny_data, train__epochs=1), tmp_path / "ref", log=lambda *_: None)
+    assert ref["epochs_run"] == 1 and read_metrics(tmp_path / "ref")[0]["loss"]["rec"] != dense

@@ -51,6 +51,9 @@ class DeepSpeedEngine:
             from fenrec_dist.distributed.buildlock import clear_stale_build_lock
 
             clear_stale_build_lock()  # an interrupted earlier build would make init_distributed wait forever
+        if cfg.loss.rec_softmax == "sampled":
+            raise ConfigError("loss.rec_softmax: sampled steps the item table with a row-sparse Adam, a torch "
+                              "optimizer: run it with deepspeed.enabled=false (torch DDP)")
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")

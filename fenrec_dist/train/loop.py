@@ -108,6 +108,7 @@ def train_epoch(
     index: "EpochIndex | None" = None,
     trim_every: int = 0,
     trim_growth_mib: float = 0.0,
+    item_miner: "Callable[[torch.Tensor, np.ndarray], torch.Tensor] | None" = None,
 ) -> EpochResult:
     """One epoch of FENRec training.
 
@@ -122,6 +123,8 @@ def train_epoch(
         loss_fn, epoch, intents: the objective, the 0-based epoch, this epoch's clusters.
         seed, rank: make the partner draws and the step generator deterministic.
         index: the epoch's refreshed negative index (``negatives.sources`` has ``index``), or None.
+        item_miner: (anchor representations float [B, d], their soft-label windows int [B, H+1])
+            -> hard items long [B, K] from the epoch's item index (sampled L_rec), or None.
         trim_every, trim_growth_mib: return freed heap pages to the OS every this many steps
             and/or when the resident size grew by this many MiB since the last trim (0 = never);
             see ``train.memory.HeapTrimmer``.
@@ -153,13 +156,14 @@ def train_epoch(
             z = encode_by_length(net, ids, device, packs=bool(getattr(encoder, "packs_tokens", False)))
         z = z.float()
         bsz = len(b)
+        mined = item_miner(z[:bsz].detach(), table.future[b]) if item_miner is not None else None
         parts = loss_fn(
             z[:bsz], z[bsz:], encoder.item_weights().float(),
             to_tensor(table.target[b], device), to_tensor(table.future[b], device),
             to_tensor(table.future_len[b], device), epoch, intents, gen,
             anchor_ids=to_tensor(b, device) if index is not None else None,  # rows of the epoch index
             partner_ids=to_tensor(p, device) if index is not None else None,
-            index=index,
+            index=index, **({"mined_items": mined} if mined is not None else {}),
         )
         if not torch.isfinite(parts.total):
             raise FloatingPointError(f"non-finite loss at epoch {epoch}, batch {n_batches}: {parts.as_floats()}")

@@ -17,7 +17,7 @@ import torch
 
 from fenrec_dist.config import Config, ConfigError
 from fenrec_dist.model.base import SequenceEncoder
-from fenrec_dist.train.loop import make_adam
+from fenrec_dist.optim import clip_grad_norm, make_optimizer
 
 # (directory) -> None: writes this rank's files of a checkpoint into the directory
 WriteCheckpoint = Callable[[Path], None]
@@ -52,7 +52,9 @@ class Engine(Protocol):
 
 class TorchEngine:
     """Plain torch: backward, clip, Adam step, zero_grad(set_to_none=True). ``net`` is the
-    module itself in one process and its DistributedDataParallel wrapper in a process group."""
+    module itself in one process and its DistributedDataParallel wrapper in a process group.
+    The optimizer is ``optim.make_optimizer``'s: fused Adam (``loss.rec_softmax: full``), or
+    row-sparse Adam on the item table and fused Adam on the rest (``sampled``)."""
 
     uses_deepspeed = False
 
@@ -60,13 +62,13 @@ class TorchEngine:
                  ) -> None:
         self.module = module
         self.net = net if net is not None else module
-        self.optimizer = make_adam(module.parameters(), cfg.train.lr, cfg.train.weight_decay)
+        self.optimizer = make_optimizer(module, cfg)  # fused Adam; row-sparse on the items when L_rec is sampled
         self.grad_clip = cfg.train.grad_clip
 
     def step(self, loss: torch.Tensor) -> None:
         loss.backward()
         if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+            clip_grad_norm(self.module.parameters(), self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 

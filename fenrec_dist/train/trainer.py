@@ -128,6 +128,23 @@ def user_sample(user: np.ndarray, total_users: int, max_users: int, seed: int) -
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53) < max_users / total_users
 
 
+def item_miner(encoder: SequenceEncoder, cfg: Config, epoch: int, device: torch.device
+               ) -> Callable[[torch.Tensor, np.ndarray], torch.Tensor]:
+    """The epoch's item index over the item table (built once, every rank alike) and the per-step
+    miner of sampled L_rec: (anchors float [B, d], windows int [B, H+1]) -> the
+    ``loss.sampled_mined`` highest-scoring items of each anchor outside its own window, long [B, K]."""
+    from fenrec_dist.negatives.item_index import ItemIndex
+
+    table = encoder.item_weights().detach().float().cpu().numpy()
+    index = ItemIndex.build(table, cfg.negatives, seed=cfg.train.seed + epoch)
+    k = cfg.loss.sampled_mined
+
+    def mine(z: torch.Tensor, window: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(index.mine(z.detach().float().cpu().numpy(), k, window)).to(device)
+
+    return mine
+
+
 def evaluate(encoder: SequenceEncoder, data: RankData, cfg: Config, split: str, device: torch.device
              ) -> dict[str, float]:
     """Full-ranking metrics of ``split`` over every rank's users (sums all-reduced)."""
@@ -274,8 +291,13 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             rt.log(f"resumed after epoch {prog.epoch - 1} (best {cfg.eval.metric}={prog.stopper.best:.4f}"
                    f"@{prog.stopper.best_epoch})")
     startup = {"load_data": t_load - t_start, "engine_init": t_engine - t_load}
+    item_counts = None
+    if cfg.loss.rec_softmax == "sampled":  # how often each item is a target, over every rank's samples
+        counts = np.bincount(data.train.target, minlength=data.num_items + 1).astype(np.float64)
+        item_counts = torch.from_numpy(C.all_reduce_array(counts, device))
     loss_fn = FENRecLoss(cfg.loss, cfg.negatives,
-                         comm=C.ProcessGroupComm(max_rows=cfg.train.batch_size) if world > 1 else None)
+                         comm=C.ProcessGroupComm(max_rows=cfg.train.batch_size) if world > 1 else None,
+                         item_counts=item_counts)
     partners = PartnerIndex.build(data.train.target, data.num_items)  # every partner is in this rank's shards
     autocast = precision_context(cfg, device)
     refresher = None
@@ -308,6 +330,11 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             t0 = time.perf_counter()
             index = refresher.refresh(epoch, reprs, device, intents)
             times["index"] = time.perf_counter() - t0
+        miner = None
+        if cfg.loss.rec_softmax == "sampled" and cfg.loss.sampled_mined > 0:
+            t0 = time.perf_counter()
+            miner = item_miner(engine.module, cfg, epoch, device)
+            times["item_index"] = time.perf_counter() - t0
         batches = epoch_batches(data.train.input_len, cfg.train.batch_size, epoch_rng(cfg.train.seed, epoch, rank),
                                 cfg.train.length_grouping, cfg.train.length_bucket_batches,
                                 order_rng=epoch_rng(cfg.train.seed, epoch, BATCH_ORDER_STREAM) if world > 1 else None)
@@ -318,7 +345,8 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
         res = train_epoch(engine.net, engine.module, step, data.train,
                           partners, data.train, batches, loss_fn, epoch, intents, cfg.train.seed, device, rank=rank,
                           progress=rt.progress, num_batches=len(batches), autocast=autocast, index=index,
-                          trim_every=cfg.train.trim_every, trim_growth_mib=cfg.train.trim_growth_mib)
+                          trim_every=cfg.train.trim_every, trim_growth_mib=cfg.train.trim_growth_mib,
+                          item_miner=miner)
         release_free_memory()
         times["train"] = res.seconds
         t0 = time.perf_counter()
