@@ -326,7 +326,7 @@ class DistributedConfig:
     use_gpu: bool = _f(False, "One GPU per worker.")
     cpus_per_worker: float = _f(1.0, "Logical CPUs per worker (fractions allowed).", gt(0))
     max_failures: int = _f(0, "Automatic restarts after a worker failure (-1 = unlimited).", ge(-1))
-    keep_checkpoints: int = _f(2, "Checkpoints kept by Ray Train.", ge(1))
+    keep_checkpoints: int = _f(2, "Checkpoints kept (the newest; one process and Ray Train alike).", ge(1))
     storage_path: str = _f("", "Ray Train storage path (shared storage on clusters); '' = runs/.")
     name: str = _f("", "Run name; re-running with the same name resumes. '' = derived from data.")
 

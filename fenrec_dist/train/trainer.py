@@ -239,6 +239,11 @@ class _Progress:
 
     def restore(self, d: Path, rank: int, world_size: int, engine: Engine, device: torch.device,
                 log: Callable[[str], None]) -> None:
+        if not (d / layout.STATE).is_file() and (d / "client_state.pt").is_file():
+            from fenrec_dist.train.checkpoint import CheckpointError
+
+            raise CheckpointError(f"{d}: a checkpoint of the earlier Ray Train layout (client_state.pt): "
+                                  f"`fenrec evaluate` still scores it, but it cannot be resumed; start a new run")
         state = load_state(d / layout.STATE, map_location=device,
                            keys=("model", "early_stopping", "epoch", "world_size"))
         engine.load(d, state)
