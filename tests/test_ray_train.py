@@ -107,6 +107,17 @@ def test_two_workers_read_their_own_shards_and_mine_the_sharded_index(tiny_data,
     assert recs[1]["phase"] == "hard" and recs[1]["negatives"]["train_index_used"] > 0
 
 
+def test_two_ddp_workers_train_the_sampled_softmax(tiny_data, tmp_path, local_ray):
+    """loss.rec_softmax=sampled on two torch-DDP workers: global in-batch candidates, mined items,
+    the row-sparse Adam with DDP's sparse all-reduce over gloo; DeepSpeed refuses the setting."""
+    kw = dict(train__epochs=2, loss__rec_softmax="sampled", loss__sampled_random=16, loss__sampled_mined=4,
+              deepspeed__enabled=False)
+    final = _run(tiny_data, tmp_path / "sampled", **kw)
+    recs = read_metrics(tmp_path / "sampled")
+    assert [r["epoch"] for r in recs] == [0, 1] and final["epochs_run"] == 2
+    assert all("item_index" in r["time"] for r in recs) and recs[1]["loss"]["rec"] < recs[0]["loss"]["rec"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -44,7 +44,7 @@ class RayRuntime:
             return DeepSpeedEngine(model, cfg, self.device)
         import ray.train.torch
 
-        return TorchEngine(model, cfg, net=ray.train.torch.prepare_model(model, move_to_device=False))
+        return TorchEngine(model, cfg, wrap=lambda m: ray.train.torch.prepare_model(m, move_to_device=False))
 
     @contextlib.contextmanager
     def resume_from(self) -> Iterator[Path | None]:

@@ -58,11 +58,13 @@ class TorchEngine:
 
     uses_deepspeed = False
 
-    def __init__(self, module: SequenceEncoder, cfg: Config, net: Callable[[torch.Tensor], torch.Tensor] | None = None
-                 ) -> None:
+    def __init__(self, module: SequenceEncoder, cfg: Config,
+                 wrap: Callable[[SequenceEncoder], Callable[[torch.Tensor], torch.Tensor]] | None = None) -> None:
         self.module = module
-        self.net = net if net is not None else module
-        self.optimizer = make_optimizer(module, cfg)  # fused Adam; row-sparse on the items when L_rec is sampled
+        # fused Adam; row-sparse on the items when L_rec is sampled (it makes the item lookup
+        # sparse, so it comes before a DDP wrapper is built around the module)
+        self.optimizer = make_optimizer(module, cfg)
+        self.net = wrap(module) if wrap is not None else module
         self.grad_clip = cfg.train.grad_clip
 
     def step(self, loss: torch.Tensor) -> None:

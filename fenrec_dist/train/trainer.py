@@ -135,12 +135,23 @@ def item_miner(encoder: SequenceEncoder, cfg: Config, epoch: int, device: torch.
     ``loss.sampled_mined`` highest-scoring items of each anchor outside its own window, long [B, K]."""
     from fenrec_dist.negatives.item_index import ItemIndex
 
-    table = encoder.item_weights().detach().float().cpu().numpy()
-    index = ItemIndex.build(table, cfg.negatives, seed=cfg.train.seed + epoch)
-    k = cfg.loss.sampled_mined
+    from fenrec_dist.negatives.index import FaissResources
+
+    neg = cfg.negatives
+    resources = FaissResources(neg.index_device, neg.index_gpu_temp_mb, (device.index or 0) if device.type == "cuda" else 0)
+
+    def build() -> ItemIndex:
+        table = encoder.item_weights().detach().float().cpu().numpy()
+        return ItemIndex.build(table, neg, seed=cfg.train.seed + epoch, resources=resources)
+
+    state = {"index": build(), "steps": 0}
+    k, every = cfg.loss.sampled_mined, neg.item_index_refresh_steps
 
     def mine(z: torch.Tensor, window: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(index.mine(z.detach().float().cpu().numpy(), k, window)).to(device)
+        if every and state["steps"] and state["steps"] % every == 0:  # negatives.item_index_refresh_steps
+            state["index"] = build()
+        state["steps"] += 1
+        return torch.from_numpy(state["index"].mine(z.detach().float().cpu().numpy(), k, window)).to(device)
 
     return mine
 
