@@ -112,8 +112,11 @@ def main() -> int:
            "plan_ms_median": {k: round(statistics.median(v), 3) for k, v in plan_ms.items()},
            "tokens_mean": {k: round(float(np.mean(v)), 1) for k, v in tokens.items()}}
     print(json.dumps(out))
-    if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    if args.out:  # with the provenance every bench result carries (bench/_result.py)
+        sys.path.insert(0, str(ROOT / "bench"))
+        from _result import write_result
+
+        write_result(args.out, out, echo=False)
     return 0
 
 
