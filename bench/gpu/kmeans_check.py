@@ -96,8 +96,11 @@ def main() -> int:
         out["same_assignment_share"] = float((a == b).float().mean())
     line = json.dumps(out)
     print(line)
-    if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    if args.out:  # with the provenance every bench result carries (bench/_result.py)
+        sys.path.insert(0, str(ROOT / "bench"))
+        from _result import write_result
+
+        write_result(args.out, out, echo=False)
     return 0
 
 
