@@ -192,6 +192,45 @@ def gather_rows_to_all(ids: np.ndarray, rows: np.ndarray, device: torch.device) 
     return all_ids[order], all_rows[order]
 
 
+def gather_rows_to_root(ids: np.ndarray, rows: np.ndarray, device: torch.device
+                        ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Gather (ids int64 [n_r], rows float32 [n_r, d]) from every rank to rank 0, ordered by id;
+    (None, None) on the other ranks, which keep no copy. In one process: the rows themselves
+    when the ids already ascend (no copy)."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if not is_dist():
+        if len(ids) < 2 or (np.diff(ids) > 0).all():
+            return ids, rows
+        order = np.argsort(ids, kind="stable")
+        return ids[order], rows[order]
+    rank, size = world()
+    sizes = _gather_sizes(len(ids), device)
+    m = max(sizes)
+    d = rows.shape[1]
+    pad_ids = torch.full((m,), -1, dtype=torch.long, device=device)
+    pad_ids[: len(ids)] = torch.from_numpy(ids).to(device)
+    pad_rows = torch.zeros((m, d), dtype=torch.float32, device=device)
+    pad_rows[: len(ids)] = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device)
+    got_ids = [torch.empty_like(pad_ids) for _ in range(size)] if rank == 0 else None
+    dist.gather(pad_ids, got_ids, dst=0)
+    del pad_ids
+    got_rows = [torch.empty_like(pad_rows) for _ in range(size)] if rank == 0 else None
+    dist.gather(pad_rows, got_rows, dst=0)
+    del pad_rows
+    if rank != 0:
+        return None, None
+    all_ids = np.concatenate([g[:n].cpu().numpy() for g, n in zip(got_ids, sizes)])
+    order = np.argsort(all_ids, kind="stable")
+    out = np.empty((len(all_ids), d), dtype=np.float32)
+    starts = np.cumsum([0] + sizes)
+    where = np.empty(len(all_ids), dtype=np.int64)
+    where[order] = np.arange(len(all_ids))  # each gathered row's place in id order
+    for r, g in enumerate(got_rows):
+        out[where[starts[r]: starts[r + 1]]] = g[: sizes[r]].cpu().numpy()
+        got_rows[r] = None  # type: ignore[call-overload]  # free each rank's buffer as soon as it is placed
+    return all_ids[order], out
+
+
 def broadcast_array(a: np.ndarray | None, shape: tuple[int, ...], device: torch.device) -> np.ndarray:
     """Broadcast a float32 array of known ``shape`` from rank 0."""
     if not is_dist():

@@ -91,9 +91,11 @@ def epoch_intents(encoder: SequenceEncoder, data: RankData, cfg: Config, epoch: 
     if cfg.loss.beta_fine <= 0:
         return None, reprs
     keep = kmeans_sample(data.train.sample_id, data.total_train, cfg.intents.max_points, cfg.train.seed, epoch)
-    intents = cluster_across_ranks(data.train.sample_id[keep], reprs[keep], cfg.intents.k, cfg.intents.niter,
+    every = bool(keep.all())  # no copy of the representations when the sample is all of them
+    intents = cluster_across_ranks(data.train.sample_id if every else data.train.sample_id[keep],
+                                   reprs if every else reprs[keep], cfg.intents.k, cfg.intents.niter,
                                    cfg.train.seed + epoch, device, cfg.intents.nredo, cfg.intents.backend)
-    return intents, reprs
+    return intents, (reprs if need_reprs else None)
 
 
 def cluster_across_ranks(sample_ids: np.ndarray, reprs: np.ndarray, k: int, niter: int, seed: int,
@@ -104,14 +106,17 @@ def cluster_across_ranks(sample_ids: np.ndarray, reprs: np.ndarray, k: int, nite
     Args:
         sample_ids: int64 [n_r] this rank's sample ids; reprs: float32 [n_r, d] their points.
     """
-    _, points = C.gather_rows_to_all(sample_ids, reprs, device)
-    rank, _ = C.world()
-    k = min(k, points.shape[0])
-    cents = IntentClusters.fit(points, k, niter, seed=seed, nredo=nredo, backend=backend,  # type: ignore[arg-type]
-                               device=device).centroids if rank == 0 else None
-    if isinstance(cents, torch.Tensor):
-        cents = cents.detach().float().cpu().numpy()
-    return IntentClusters(C.broadcast_array(cents, (k, points.shape[1]), device), backend=backend,  # type: ignore[arg-type]
+    _, points = C.gather_rows_to_root(sample_ids, reprs, device)  # rank 0 only holds the sample
+    total = int(C.all_reduce_sums({"n": float(len(sample_ids))}, device)["n"])
+    k = min(k, total)
+    cents = None
+    if points is not None:
+        cents = IntentClusters.fit(points, k, niter, seed=seed, nredo=nredo, backend=backend,  # type: ignore[arg-type]
+                                   device=device).centroids
+        del points
+        if isinstance(cents, torch.Tensor):
+            cents = cents.detach().float().cpu().numpy()
+    return IntentClusters(C.broadcast_array(cents, (k, reprs.shape[1]), device), backend=backend,  # type: ignore[arg-type]
                           device=device)
 
 
@@ -295,6 +300,7 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
     if cfg.eval.max_users:
         data.eval = data.eval.subset(user_sample(data.eval.user, data.total_users, cfg.eval.max_users, cfg.train.seed))
     t_load = time.perf_counter()
+    rss_load = peak_rss_mib()
     model = build_model(cfg, data.num_items, data.max_len, device)
     rng = torch.get_rng_state()
     engine = rt.engine(model, cfg)
@@ -307,6 +313,7 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             rt.log(f"resumed after epoch {prog.epoch - 1} (best {cfg.eval.metric}={prog.stopper.best:.4f}"
                    f"@{prog.stopper.best_epoch})")
     startup = {"load_data": t_load - t_start, "engine_init": t_engine - t_load}
+    rss_startup = {"after_load": rss_load, "after_engine": peak_rss_mib()}
     item_counts = None
     if cfg.loss.rec_softmax == "sampled":  # how often each item is a target, over every rank's samples
         counts = np.bincount(data.train.target, minlength=data.num_items + 1).astype(np.float64)
@@ -341,11 +348,13 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
         intents, reprs = epoch_intents(engine.module, data, cfg, epoch, device, need_reprs=refresher is not None)
         release_free_memory()  # each phase starts from a trimmed heap, so phase peaks do not stack
         times = {"cluster": time.perf_counter() - t0}
+        rss = {"cluster": peak_rss_mib()}
         index = None
         if refresher is not None:
             t0 = time.perf_counter()
             index = refresher.refresh(epoch, reprs, device, intents)
             times["index"] = time.perf_counter() - t0
+        del reprs  # the index keeps what it needs
         miner = None
         if cfg.loss.rec_softmax == "sampled" and cfg.loss.sampled_mined > 0:
             t0 = time.perf_counter()
@@ -365,6 +374,7 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
                           item_miner=miner)
         release_free_memory()
         times["train"] = res.seconds
+        rss["train"] = peak_rss_mib()
         t0 = time.perf_counter()
         valid = evaluate(engine.module, data, cfg, "valid", device)
         release_free_memory()
@@ -380,7 +390,8 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             "best": prog.stopper.best, "best_epoch": prog.stopper.best_epoch,
             "phase": "hard" if loss_fn.after_warmup(epoch) else "warmup",
         }
-        rec["memory"] = {"peak_rss_mib": per_rank(peak_rss_mib(), device)}
+        rec["memory"] = {"peak_rss_mib": per_rank(peak_rss_mib(), device),
+                         "peak_rss_mib_by_phase_end": {k: per_rank(v, device) for k, v in rss.items()}}
         if world > 1:
             rec["world_size"] = world
         if refresher is not None:
@@ -393,6 +404,7 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             refresher.record_training(epoch, stats)
             rec["negatives"] = negatives_record(refresher.summary, stats)
         if epoch == first_epoch:
+            rec["memory"]["peak_rss_mib_startup"] = {k: per_rank(v, device) for k, v in rss_startup.items()}
             rec["startup"] = {**startup, "bytes_read": per_rank(float(data.bytes_read), device, 1),
                               "local_rows": per_rank(float(len(data.train)), device, 1)}
         rt.commit(rec, prog.writer(rank, world, engine, rec))
