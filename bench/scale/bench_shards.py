@@ -68,6 +68,8 @@ def run(data: Path, work: Path, workers: int, steps: int) -> dict:
     return {
         "workers": workers, "steps": steps, "wall_s": round(wall, 1),
         "peak_rss_mib_per_rank": rec["memory"]["peak_rss_mib"],
+        "peak_rss_mib_by_phase_end": {**rec["memory"].get("peak_rss_mib_startup", {}),
+                                      **rec["memory"].get("peak_rss_mib_by_phase_end", {})},
         "bytes_read_per_rank": rec["startup"]["bytes_read"],
         "local_rows_per_rank": rec["startup"]["local_rows"],
         "samples_per_s": rec["samples_per_s"], "time_s": rec["time"],
