@@ -296,6 +296,10 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     rank, world, device = rt.rank, rt.world_size, rt.device
+    if cfg.loss.rec_softmax == "sampled" and world > 1 and device.type == "cuda":
+        raise ConfigError("loss.rec_softmax: sampled with several CUDA workers: its row-sparse item gradients need "
+                          "DDP over gloo, and NCCL cannot all-reduce sparse tensors; use one worker per run or "
+                          "loss.rec_softmax=full")
     data = load_rank_data(cfg.data.path, rank, world, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
     if cfg.eval.max_users:
         data.eval = data.eval.subset(user_sample(data.eval.user, data.total_users, cfg.eval.max_users, cfg.train.seed))
