@@ -31,8 +31,13 @@ def dry_run(cfg, run_dir) -> dict:  # type: ignore[no-untyped-def]
         "zero_stage": cfg.deepspeed.zero_stage, "max_failures": d.max_failures,
         "embedded_ray_cpus_if_local": local_num_cpus(cfg),
     }
+    from fenrec_dist.data.dataset import read_manifest
+    from fenrec_dist.data.shards import assign_shards
+
+    rows = [int(s["rows"]) for s in read_manifest(cfg.data.path)["shards"]]
+    per_worker = [{"shards": len(p), "rows": sum(rows[i] for i in p)} for p in assign_shards(rows, d.num_workers)]
     return {"run_name": name, "storage_path": storage, "local_run_dir": str(local), "scaling": plan,
-            "data": {"path": cfg.data.path, "shards": shards}}
+            "data": {"path": cfg.data.path, "shards": shards, "per_worker": per_worker}}
 
 
 def main(argv: list[str] | None = None) -> int:
