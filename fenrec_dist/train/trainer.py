@@ -80,21 +80,25 @@ def kmeans_sample(sample_id: np.ndarray, total: int, max_points: int, seed: int,
 
 def epoch_intents(encoder: SequenceEncoder, data: RankData, cfg: Config, epoch: int, device: torch.device,
                   need_reprs: bool = False) -> tuple[IntentClusters | None, np.ndarray | None]:
-    """The epoch-start pass: every rank embeds its samples (eval mode, float32 [n_r, d]); a
-    seeded sample of at most about ``intents.max_points`` of them is gathered in sample-id
-    order and clustered on rank 0; the centroids are broadcast, and each rank assigns its own
+    """The epoch-start pass: a seeded sample of at most about ``intents.max_points`` samples is
+    embedded (eval mode, float32 [n, d]; every sample when the index needs them all), gathered
+    in sample-id order and clustered on rank 0; the centroids are broadcast, and each rank assigns its own
     samples when the loss asks. Returns (intents or None, this rank's representations or None
     when neither the fine term nor the index needs them)."""
     if cfg.loss.beta_fine <= 0 and not need_reprs:
         return None, None
-    reprs = embed(encoder, data.train.inputs, cfg.intents.batch_size, device)
     if cfg.loss.beta_fine <= 0:
-        return None, reprs
+        return None, embed(encoder, data.train.inputs, cfg.intents.batch_size, device)
     keep = kmeans_sample(data.train.sample_id, data.total_train, cfg.intents.max_points, cfg.train.seed, epoch)
     every = bool(keep.all())  # no copy of the representations when the sample is all of them
-    intents = cluster_across_ranks(data.train.sample_id if every else data.train.sample_id[keep],
-                                   reprs if every else reprs[keep], cfg.intents.k, cfg.intents.niter,
-                                   cfg.train.seed + epoch, device, cfg.intents.nredo, cfg.intents.backend)
+    if need_reprs or every:  # the index needs every sample's representation
+        reprs = embed(encoder, data.train.inputs, cfg.intents.batch_size, device)
+        points = reprs if every else reprs[keep]
+    else:  # only the k-means sample is embedded: less time and memory when the sample is a part
+        reprs, points = None, embed(encoder, data.train.inputs[keep], cfg.intents.batch_size, device)
+    intents = cluster_across_ranks(data.train.sample_id if every else data.train.sample_id[keep], points,
+                                   cfg.intents.k, cfg.intents.niter, cfg.train.seed + epoch, device,
+                                   cfg.intents.nredo, cfg.intents.backend)
     return intents, (reprs if need_reprs else None)
 
 
