@@ -848,3 +848,30 @@ def test_sampled_softmax_run_with_mined_items_trains_and_resumes_exactly(tiny_da
     dense = read_metrics(tmp_path / "full")[0]["loss"]["rec"]
     ref = train_local(_cfg(tiny_data, train__epochs=1), tmp_path / "ref", log=lambda *_: None)
     assert ref["epochs_run"] == 1 and read_metrics(tmp_path / "ref")[0]["loss"]["rec"] != dense
+
+
+def test_refusals_of_the_one_trainer_are_one_line_and_write_nothing(tiny_data, tmp_path):
+    """An earlier-layout Ray Train checkpoint cannot be resumed; sampled L_rec under DeepSpeed
+    is refused before DeepSpeed starts; a bad value of the earlier key deepspeed.bf16 names it."""
+    import torch
+
+    from fenrec_dist.config import ConfigError
+    from fenrec_dist.train.checkpoint import CheckpointError, save_state
+    from fenrec_dist.train.runtime import TorchEngine
+    from fenrec_dist.train.trainer import _Progress, build_model
+
+    cfg = _cfg(tiny_data)
+    old = tmp_path / "checkpoint_2026-01-01_00-00-00.000000"
+    save_state(old / "client_state.pt", {"epoch": 2})
+    before = sorted(p.name for p in old.iterdir())
+    model = build_model(cfg, 80, 10, torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="earlier Ray Train layout.*cannot be resumed"):
+        _Progress(cfg, model).restore(old, 0, 1, TorchEngine(model, cfg), torch.device("cpu"), lambda *_: None)
+    assert sorted(p.name for p in old.iterdir()) == before
+    from fenrec_dist.distributed.engine import DeepSpeedEngine
+
+    sampled = _cfg(tiny_data, loss__rec_softmax="sampled")
+    with pytest.raises(ConfigError, match="deepspeed.enabled=false"):
+        DeepSpeedEngine(build_model(sampled, 80, 10, torch.device("cpu")), sampled, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="deepspeed.bf16.*train.precision"):
+        _cfg(tiny_data, deepspeed__bf16="maybe")

@@ -90,12 +90,10 @@ def mine_sharded(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, facts
         q_ids, q_vec = gather_rows_to_all(ids[lo:hi], vectors[lo:hi], device)  # every rank's queries
         sims, pos = search(index, q_vec, candidates) if len(q_ids) else (
             np.zeros((0, candidates), np.float32), np.zeros((0, candidates), np.int64))
-        c = min(candidates, index.ntotal)
         if sims.shape[1] < candidates:  # a small shard: pad to the common width
             pad = candidates - sims.shape[1]
             sims = np.pad(sims, ((0, 0), (0, pad)), constant_values=-np.inf)
             pos = np.pad(pos, ((0, 0), (0, pad)), constant_values=-1)
-        del c
         safe = np.where(pos < 0, 0, pos)
         gid = np.where(pos < 0, -1, ids[safe])
         meta = np.concatenate([gid, _words(sims.astype(np.float32)), np.where(pos < 0, -1, facts.user[safe]),

@@ -71,10 +71,6 @@ def incomplete_reason(d: Path) -> str | None:
     return f"{d}: missing {', '.join(missing)}" if missing else None
 
 
-def is_complete(d: Path) -> bool:
-    return incomplete_reason(d) is None
-
-
 def checkpoint_epoch(d: Path) -> int:
     """Epochs finished by the checkpoint ``d`` (its state's ``epoch``)."""
     return int(load_state(d / STATE, keys=("epoch",))["epoch"])

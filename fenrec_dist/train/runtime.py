@@ -9,9 +9,8 @@ come from ``fenrec_dist.comm`` and are the identity in one process. Two runtimes
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Protocol
+from typing import Any, Callable, ContextManager, Protocol
 
 import torch
 
@@ -127,8 +126,3 @@ def precision_context(cfg: Config, device: torch.device) -> Callable[[], Context
     if device.type != "cuda":
         raise ConfigError("train.precision: bf16 is for CUDA devices; on CPU use auto or fp32")
     return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-
-
-@contextlib.contextmanager
-def no_checkpoint() -> Iterator[None]:
-    yield None
