@@ -170,6 +170,24 @@ def all_reduce_array(a: np.ndarray, device: torch.device) -> np.ndarray:
     return t.cpu().numpy()
 
 
+def all_reduce_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over ranks, in place (returned); itself in one process."""
+    if is_dist():
+        dist.all_reduce(t)
+    return t
+
+
+def global_positions(ids: np.ndarray, device: torch.device) -> tuple[np.ndarray, int]:
+    """(int64 [n_r]: each of this rank's ids' place among every rank's ids in ascending order,
+    the number of ids over all ranks). Ids must be distinct across ranks; every rank holds
+    the gathered ids (8 bytes each) for a moment, never their rows."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if not is_dist():
+        return np.argsort(np.argsort(ids, kind="stable"), kind="stable"), len(ids)
+    every = np.sort(gather_with_grad(torch.from_numpy(ids).to(device)).cpu().numpy())
+    return np.searchsorted(every, ids), len(every)
+
+
 def all_reduce_min(n: int, device: torch.device) -> int:
     if not is_dist():
         return n

@@ -183,3 +183,45 @@ def test_torch_kmeans_and_search_on_cuda_match_cpu():
     _, want = search(q, base, 10)
     _, got = search(q.cuda(), base.cuda(), 10)
     assert (got.cpu() == want).float().mean() > 0.999  # float near-ties may swap a neighbour
+
+
+@needs_faiss
+@pytest.mark.parametrize("parts,nredo", [(1, 1), (3, 1), (3, 2)])
+def test_sharded_kmeans_equals_faiss_on_all_points(parts, nredo):
+    """The sharded k-means (each part its own points, sums all-reduced; here the parts are run in
+    one process with a summing all-reduce) starts from FAISS's initial points and follows its
+    iterations: the centroids of faiss.Kmeans on all points, up to float rounding."""
+    from fenrec_dist.negatives.torch_kmeans import kmeans_sharded
+
+    x = _mixture(900, 16, 12, seed=5)
+    km = _faiss_kmeans(x, 20, 8, seed=11, nredo=nredo)
+    pos = np.random.default_rng(0).permutation(len(x))  # the parts hold interleaved rows
+    shards = np.array_split(pos, parts)
+
+    # run the parts in lock step: each all-reduce sums what every part contributes
+    import threading
+
+    results: list = [None] * parts
+    barrier = threading.Barrier(parts)
+    slots: list = [None] * parts
+
+    def reduce(i):
+        def f(t):
+            slots[i] = t.clone()
+            barrier.wait()
+            total = sum(slots)
+            barrier.wait()
+            return total.to(t.dtype)
+        return f
+
+    def work(i):
+        rows = np.sort(shards[i])
+        results[i] = kmeans_sharded(torch.from_numpy(x[rows]), torch.from_numpy(rows), len(x), 20, reduce(i),
+                                    niter=8, seed=11, nredo=nredo)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(parts)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for r in results:
+        assert torch.equal(r.centroids, results[0].centroids)
+        np.testing.assert_allclose(r.centroids.numpy(), km.centroids, rtol=0, atol=2e-5)

@@ -22,6 +22,7 @@ centroids):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -154,3 +155,84 @@ def inertia(x: torch.Tensor, centroids: torch.Tensor) -> float:
     ``centroids`` float [k, d] (float64 sum)."""
     dist, _ = nearest(x.float(), centroids.float())
     return float(dist.sum(dtype=torch.float64))
+
+
+def faiss_init_positions(n: int, k: int, seed: int) -> torch.Tensor:
+    """long [k]: the points ``faiss.Kmeans`` starts a run seeded ``seed`` from (the first ``k`` of
+    FAISS's ``rand_perm(n, seed)``), so a sharded run starts where FAISS would; torch's
+    ``randperm`` when FAISS is not installed."""
+    try:
+        import faiss
+        import numpy as np
+    except ImportError:  # pragma: no cover - faiss is a dependency
+        return torch.randperm(n, generator=_generator(seed))[:k]
+    perm = np.empty(n, dtype=np.int32)
+    faiss.rand_perm(faiss.swig_ptr(perm), n, seed)
+    return torch.from_numpy(perm[:k].astype(np.int64))
+
+
+@torch.no_grad()
+def kmeans_sharded(x: torch.Tensor, positions: torch.Tensor, n_total: int, k: int,
+                   all_reduce: Callable[[torch.Tensor], torch.Tensor], niter: int = 20, seed: int = 1234,
+                   nredo: int = 1, chunk: int = 65536) -> KMeansResult:
+    """k-means over points split across ranks, each rank holding only its own (no gather): every
+    rank calls this with its rows and the same arguments otherwise.
+
+    FAISS's algorithm (``faiss.Kmeans(d, k, niter, seed=seed, nredo=nredo)`` with no
+    subsampling) on the union of the ranks' points in ``positions`` order: the initial
+    centroids are the points at FAISS's initial positions (``faiss_init_positions``), each Lloyd
+    iteration assigns locally and all-reduces the per-cluster sums and counts, and empty
+    clusters are split alike on every rank (``split_empty``, the same draws). The centroids
+    equal one process's FAISS k-means up to float rounding (the sums are added in another
+    order; tests/test_distributed_equivalence.py).
+
+    Args:
+        x: float [n_r, d] this rank's points (n_r may be 0).
+        positions: long [n_r] each row's place in the global order, 0..n_total-1, disjoint
+            across ranks.
+        n_total: points over all ranks (>= k).
+        all_reduce: sums a tensor over the ranks (returns the sum; identity in one process).
+
+    Returns:
+        ``KMeansResult`` with centroids float32 [k, d] on x's device, the same on every rank.
+    """
+    x = x.float().contiguous()
+    d = x.shape[1]
+    if not 1 <= k <= n_total:
+        raise ValueError(f"kmeans: k={k} must be in [1, {n_total}] (the number of points)")
+    order = torch.argsort(positions.cpu())
+    sorted_pos = positions.cpu()[order]
+    best: KMeansResult | None = None
+    splits = 0
+    with exact_fp32(x.device):
+        for redo in range(nredo):
+            run_seed = seed + 1 + redo * _REDO_STRIDE
+            start = faiss_init_positions(n_total, k, run_seed)
+            at = torch.searchsorted(sorted_pos, start).clamp(max=max(len(sorted_pos) - 1, 0))
+            mine = (sorted_pos[at] == start) if len(sorted_pos) else torch.zeros(k, dtype=torch.bool)
+            cents = torch.zeros(k, d, dtype=torch.float32, device=x.device)
+            if bool(mine.any()):
+                cents[mine.to(x.device)] = x[order[at[mine]].to(x.device)]
+            cents = all_reduce(cents)  # each initial point is on exactly one rank
+            split_gen = _generator(run_seed + 1234)
+            objs: list[float] = []
+            for _ in range(niter):
+                if len(x):
+                    dist, ids = nearest(x, cents, chunk=chunk)
+                    sums = torch.zeros(k, d, dtype=torch.float32, device=x.device).index_add_(0, ids, x)
+                    counts = torch.bincount(ids, minlength=k)
+                    obj = dist.sum(dtype=torch.float64).reshape(1)
+                else:
+                    sums = torch.zeros(k, d, dtype=torch.float32, device=x.device)
+                    counts = torch.zeros(k, dtype=torch.long, device=x.device)
+                    obj = torch.zeros(1, dtype=torch.float64, device=x.device)
+                objs.append(float(all_reduce(obj)[0]))
+                counts = all_reduce(counts)
+                cents = all_reduce(sums) / counts.clamp(min=1).to(torch.float32)[:, None]
+                splits += split_empty(cents, counts, n_total, split_gen)
+            run = KMeansResult(cents, objs[-1] if objs else float("nan"), objs or [float("nan")], 0)
+            if best is None or run.objective < best.objective:
+                best = run
+    assert best is not None
+    best.splits = splits
+    return best

@@ -186,24 +186,31 @@ def train_epoch(
 
 
 @torch.no_grad()
-def embed(encoder: SequenceEncoder, inputs: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+def embed(encoder: SequenceEncoder, inputs: np.ndarray, batch_size: int, device: torch.device,
+          rows: np.ndarray | None = None) -> np.ndarray:
     """Eval-mode last-position representations.
 
     Args:
         inputs: int [N, L] left-padded sequences.
+        rows: int64 [n] the rows of ``inputs`` to embed (None: all), read batch by batch, so
+            the chosen inputs are never copied as a whole.
 
     Returns:
-        float32 [N, d] in the order of ``inputs`` (computed in length order, so
-        padding is trimmed away batch by batch).
+        float32 [n, d] in the order of ``rows`` (of ``inputs`` when None; computed in length
+        order, so padding is trimmed away batch by batch).
     """
     was_training = encoder.training
     encoder.eval()
-    lengths = (inputs != 0).sum(axis=1)
+    if rows is None:
+        lengths = (inputs != 0).sum(axis=1)
+    else:
+        lengths = np.concatenate([(inputs[rows[i: i + 65536]] != 0).sum(axis=1) for i in range(0, len(rows), 65536)]
+                                 or [np.zeros(0, dtype=np.int64)])
     order = np.argsort(lengths, kind="stable")
-    out = np.empty((len(inputs), encoder.item_emb.embedding_dim), dtype=np.float32)
+    out = np.empty((len(order), encoder.item_emb.embedding_dim), dtype=np.float32)
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
-        out[idx] = encoder(to_tensor(inputs[idx], device)).float().cpu().numpy()
+        out[idx] = encoder(to_tensor(inputs[idx if rows is None else rows[idx]], device)).float().cpu().numpy()
     encoder.train(was_training)
     return out
 

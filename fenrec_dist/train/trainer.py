@@ -81,46 +81,55 @@ def kmeans_sample(sample_id: np.ndarray, total: int, max_points: int, seed: int,
 def epoch_intents(encoder: SequenceEncoder, data: RankData, cfg: Config, epoch: int, device: torch.device,
                   need_reprs: bool = False) -> tuple[IntentClusters | None, np.ndarray | None]:
     """The epoch-start pass: a seeded sample of at most about ``intents.max_points`` samples is
-    embedded (eval mode, float32 [n, d]; every sample when the index needs them all), gathered
-    in sample-id order and clustered on rank 0; the centroids are broadcast, and each rank assigns its own
-    samples when the loss asks. Returns (intents or None, this rank's representations or None
-    when neither the fine term nor the index needs them)."""
+    embedded (eval mode, float32 [n, d]; every sample when the index needs them all) and
+    clustered (``cluster_across_ranks``); each rank assigns its own samples when the loss asks.
+    Returns (intents or None, this rank's representations or None when neither the fine term
+    nor the index needs them)."""
     if cfg.loss.beta_fine <= 0 and not need_reprs:
         return None, None
     if cfg.loss.beta_fine <= 0:
         return None, embed(encoder, data.train.inputs, cfg.intents.batch_size, device)
     keep = kmeans_sample(data.train.sample_id, data.total_train, cfg.intents.max_points, cfg.train.seed, epoch)
     every = bool(keep.all())  # no copy of the representations when the sample is all of them
+    args = (cfg.intents.k, cfg.intents.niter, cfg.train.seed + epoch, device, cfg.intents.nredo, cfg.intents.backend)
     if need_reprs or every:  # the index needs every sample's representation
         reprs = embed(encoder, data.train.inputs, cfg.intents.batch_size, device)
-        points = reprs if every else reprs[keep]
-    else:  # only the k-means sample is embedded: less time and memory when the sample is a part
-        reprs, points = None, embed(encoder, data.train.inputs[keep], cfg.intents.batch_size, device)
-    intents = cluster_across_ranks(data.train.sample_id if every else data.train.sample_id[keep], points,
-                                   cfg.intents.k, cfg.intents.niter, cfg.train.seed + epoch, device,
-                                   cfg.intents.nredo, cfg.intents.backend)
-    return intents, (reprs if need_reprs else None)
+        ids = data.train.sample_id
+        intents = cluster_across_ranks(ids if every else ids[keep], reprs if every else reprs[keep], *args)
+        return intents, (reprs if need_reprs else None)
+    # only the k-means sample is embedded (rows picked batch by batch: no copy of its inputs),
+    # and the points go straight into the clustering, which frees them as soon as it can
+    rows = np.flatnonzero(keep)
+    return cluster_across_ranks(data.train.sample_id[rows],
+                                embed(encoder, data.train.inputs, cfg.intents.batch_size, device, rows=rows),
+                                *args), None
 
 
 def cluster_across_ranks(sample_ids: np.ndarray, reprs: np.ndarray, k: int, niter: int, seed: int,
                          device: torch.device, nredo: int = 1, backend: str = "auto") -> IntentClusters:
-    """k-means once over every rank's points, in sample-id order (as in one process), on rank
-    0; the centroids are broadcast so all ranks assign alike.
+    """k-means once over every rank's points, as one process would run it on all of them in
+    sample-id order.
+
+    In one process: ``IntentClusters.fit`` (``intents.backend``). With several ranks the points
+    stay where they are: FAISS's k-means sharded across the ranks
+    (``torch_kmeans.kmeans_sharded``: FAISS's initial points, local assignment, per-cluster sums
+    and counts all-reduced), so no rank ever holds more than its own share of the sample; the
+    centroids (the same on every rank) equal one process's FAISS k-means up to float rounding.
 
     Args:
         sample_ids: int64 [n_r] this rank's sample ids; reprs: float32 [n_r, d] their points.
     """
-    _, points = C.gather_rows_to_root(sample_ids, reprs, device)  # rank 0 only holds the sample
-    total = int(C.all_reduce_sums({"n": float(len(sample_ids))}, device)["n"])
-    k = min(k, total)
-    cents = None
-    if points is not None:
-        cents = IntentClusters.fit(points, k, niter, seed=seed, nredo=nredo, backend=backend,  # type: ignore[arg-type]
-                                   device=device).centroids
-        del points
-        if isinstance(cents, torch.Tensor):
-            cents = cents.detach().float().cpu().numpy()
-    return IntentClusters(C.broadcast_array(cents, (k, reprs.shape[1]), device), backend=backend,  # type: ignore[arg-type]
+    if not C.is_dist():
+        _, points = C.gather_rows_to_root(sample_ids, reprs, device)  # id order (no copy when already)
+        return IntentClusters.fit(points, min(k, len(sample_ids)), niter, seed=seed, nredo=nredo,  # type: ignore[arg-type]
+                                  backend=backend, device=device)  # type: ignore[arg-type]
+    from fenrec_dist.negatives.torch_kmeans import kmeans_sharded
+
+    positions, total = C.global_positions(sample_ids, device)
+    x = torch.from_numpy(np.ascontiguousarray(reprs, dtype=np.float32)).to(device)
+    res = kmeans_sharded(x, torch.from_numpy(positions), total, min(k, total), C.all_reduce_tensor,
+                         niter=niter, seed=seed, nredo=nredo)
+    return IntentClusters(res.centroids.detach().float().cpu().numpy(), backend=backend,  # type: ignore[arg-type]
                           device=device)
 
 
