@@ -115,3 +115,27 @@ def test_negative_trim_settings_are_rejected():
     for key in ("train.trim_every=-1", "train.trim_growth_mib=-5"):
         with pytest.raises(ConfigError, match=rf"{key.split('=')[0]}: must be >= 0"):
             load_config(None, [key])
+
+
+def test_phase_peaks_measure_each_phase_and_the_overall_peak_keeps_them():
+    """``start_phase`` resets the kernel's peak mark: a phase that allocates 200 MiB shows it,
+    the next (smaller) phase does not, and ``peak_rss_mib`` still holds the larger peak."""
+    import numpy as np
+    import pytest
+
+    from fenrec_dist.train import memory
+
+    if not memory.start_phase():
+        pytest.skip("no /proc/self/clear_refs here")
+    base = memory.phase_peak_mib()
+    a = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
+    big = memory.phase_peak_mib()
+    del a
+    memory.release_free_memory()
+    memory.start_phase()
+    b = np.ones(20 * 2**20 // 8)
+    small = memory.phase_peak_mib()
+    del b
+    assert big - base >= 190
+    assert small < big - 150
+    assert memory.peak_rss_mib() >= big - 1  # the kernel counts RSS in per-CPU batches: within a few pages

@@ -63,6 +63,57 @@ def resident_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+_peak_before_mib = 0.0  # the highest peak of the phases before the last ``start_phase``
+
+
+def _vm_hwm_mib() -> float | None:
+    """The kernel's peak-RSS mark (VmHWM) in MiB, or None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far in MiB, over every phase (the marks that
+    ``start_phase`` reset included)."""
+    now = _vm_hwm_mib()
+    if now is None:
+        import resource
+
+        now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    return max(_peak_before_mib, now)
+
+
+def start_phase() -> bool:
+    """Start measuring a phase's own peak: the process's peak so far is kept for
+    ``peak_rss_mib`` and the kernel's mark is reset to the current size (Linux: ``5`` into
+    ``/proc/self/clear_refs``). False where it cannot be reset (``phase_peak_mib`` then
+    returns NaN)."""
+    global _peak_before_mib, _phase_ok
+    _peak_before_mib = peak_rss_mib()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _phase_ok = True
+    except OSError:
+        _phase_ok = False
+    return _phase_ok
+
+
+_phase_ok = False
+
+
+def phase_peak_mib() -> float:
+    """The peak resident size since the last ``start_phase``, MiB (NaN where unavailable)."""
+    now = _vm_hwm_mib() if _phase_ok else None
+    return float("nan") if now is None else now
+
+
 @dataclass
 class HeapTrimmer:
     """When to trim during a training epoch: call ``after_step(n)`` after the n-th step (1-based).
