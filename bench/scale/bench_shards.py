@@ -2,7 +2,8 @@
 """Sharded data at scale: what each Ray Train worker holds and reads, with 1 and with 2 workers.
 
     .venv/bin/python bench/scale/bench_shards.py [--users 500000 --items 200000 --mean-length 10]
-        [--steps 200] [--workers 1 2] [--work /tmp/fenrec-bench-shards]
+        [--steps 200] [--workers 1 2] [--work /tmp/fenrec-bench-shards] [--set KEY=VALUE ...]
+        [--out bench/scale/results/shards.json]
 
 A synthetic log (``fenrec synth``: by default 500k users, 200k items, about 5M interactions)
 is prepared into 32 target-partitioned shards, then ``fenrec train`` runs one epoch of
@@ -11,8 +12,10 @@ thread each, DeepSpeed, batch 256 per worker) for each W. The epoch includes the
 refresh at that size (every rank embeds its samples, k-means on a sample of at most
 ``intents.max_points``, the centroids broadcast); validation and the final scoring use a fixed
 sample of 2,000 users (``eval.max_users``). Per W it records, from the run's metrics.jsonl:
-every rank's peak RSS and bytes read, its local rows, samples/s, and the phase times. Writes
-bench/scale/results/shards.json.
+every rank's peak RSS (overall, and each phase's own: load, engine, cluster, refresh, train,
+eval) and bytes read, its local rows, samples/s, and the phase times. ``--set`` overrides the
+config (for example ``loss.rec_softmax=sampled``, the large-catalogue setting). Writes
+bench/scale/results/shards.json (or ``--out``).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def prepare_data(work: Path, users: int, items: int, mean_length: float) -> tupl
     return data, json.loads((data / "manifest.json").read_text()), t_synth, t_prep
 
 
-def run(data: Path, work: Path, workers: int, steps: int) -> dict:
+def run(data: Path, work: Path, workers: int, steps: int, overrides: list[str]) -> dict:
     import ray
 
     from fenrec_dist.config import load_config
@@ -58,7 +61,7 @@ def run(data: Path, work: Path, workers: int, steps: int) -> dict:
     cfg = load_config(ROOT / "configs" / "beauty.yaml", [
         f"data.path={data}", "train.epochs=1", f"train.epoch_steps={steps}", "train.threads=1",
         "train.progress=false", "eval.max_users=2000", f"distributed.num_workers={workers}",
-        "distributed.cpus_per_worker=1",
+        "distributed.cpus_per_worker=1", *overrides,
     ])
     t0 = time.perf_counter()
     final = run_distributed(cfg, run_dir, log=lambda *_: None)
@@ -70,6 +73,7 @@ def run(data: Path, work: Path, workers: int, steps: int) -> dict:
         "peak_rss_mib_per_rank": rec["memory"]["peak_rss_mib"],
         "peak_rss_mib_by_phase_end": {**rec["memory"].get("peak_rss_mib_startup", {}),
                                       **rec["memory"].get("peak_rss_mib_by_phase_end", {})},
+        "peak_rss_mib_in_phase": rec["memory"].get("peak_rss_mib_in_phase", {}),
         "bytes_read_per_rank": rec["startup"]["bytes_read"],
         "local_rows_per_rank": rec["startup"]["local_rows"],
         "samples_per_s": rec["samples_per_s"], "time_s": rec["time"],
@@ -86,13 +90,15 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--work", default="/tmp/fenrec-bench-shards")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every run (repeatable)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "scale" / "results" / "shards.json"))
     args = ap.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data, manifest, t_synth, t_prep = prepare_data(work, args.users, args.items, args.mean_length)
-    runs = [run(data, work, w, args.steps) for w in args.workers]
+    runs = [run(data, work, w, args.steps, args.overrides) for w in args.workers]
     by_w = {r["workers"]: r for r in runs}
     ratios = {}
     if 1 in by_w and 2 in by_w:
@@ -101,11 +107,14 @@ def main() -> int:
             "peak_rss_2w_over_1w": max(two["peak_rss_mib_per_rank"]) / one["peak_rss_mib_per_rank"][0],
             "bytes_read_2w_over_1w": max(two["bytes_read_per_rank"]) / one["bytes_read_per_rank"][0],
             "rows_2w_over_1w": max(two["local_rows_per_rank"]) / one["local_rows_per_rank"][0],
+            "phase_peak_rss_2w_over_1w": {k: max(v) / one["peak_rss_mib_in_phase"][k][0]
+                                          for k, v in two["peak_rss_mib_in_phase"].items()
+                                          if k in one["peak_rss_mib_in_phase"]},
         }
     return write_result(args.out, {
         "data": {k: manifest[k] for k in ("users", "items", "interactions", "train_samples")} |
                 {"shards": len(manifest["shards"]), "synth_s": round(t_synth, 1), "prepare_s": round(t_prep, 1)},
-        "runs": runs, "ratios": ratios,
+        "overrides": args.overrides, "runs": runs, "ratios": ratios,
     })
 
 
