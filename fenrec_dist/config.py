@@ -318,6 +318,13 @@ class EvalConfig:
     ks: list[int] = _f([5, 10, 20], "Cut-offs of HR@k and NDCG@k.", ListOf(ge(1), "ints"))
     metric: str = _f("NDCG@20", "Validation metric for model selection and early stopping: HR@k or NDCG@k "
                                 "with k in eval.ks, or MRR.")
+    ann: bool = _f(False, "Rank with the item index (negatives.item_index_*: exact flat below "
+                          "item_index_exact_below items, else IVF or HNSW) instead of the exact full ranking: a "
+                          "target counts only when the index retrieves it among the top max(eval.ks) items (MRR is "
+                          "then over that list), and ann_recall@20, the index's recall of the exact top-20 on "
+                          "eval.ann_recall_users users, is reported beside the metrics.")
+    ann_recall_users: int = _f(1000, "eval.ann: about this many users (a fixed sample: a hash of the user id and "
+                                     "train.seed) on which the ANN top-20 is compared with the exact top-20.", ge(1))
 
 
 @dataclass
@@ -326,6 +333,9 @@ class DistributedConfig:
     use_gpu: bool = _f(False, "One GPU per worker.")
     cpus_per_worker: float = _f(1.0, "Logical CPUs per worker (fractions allowed).", gt(0))
     max_failures: int = _f(0, "Automatic restarts after a worker failure (-1 = unlimited).", ge(-1))
+    resource_wait_s: float = _f(600.0, "Seconds a start or restart of the workers waits for their resources (a "
+                                       "lost node back, an autoscaler's new one) before the run fails with a line "
+                                       "naming them.", gt(0))
     keep_checkpoints: int = _f(2, "Checkpoints kept (the newest; one process and Ray Train alike).", ge(1))
     storage_path: str = _f("", "Ray Train storage path (shared storage on clusters); '' = runs/.")
     name: str = _f("", "Run name; re-running with the same name resumes. '' = derived from data.")

@@ -179,6 +179,65 @@ def scores_ranks(scores: Tensor, targets: Tensor, exclude_ids: Tensor) -> Tensor
     return (s > t).sum(dim=1)
 
 
+def candidate_ranks(
+    query: Tensor,
+    item_emb: Tensor,
+    cand_ids: Tensor,
+    targets: Tensor,
+    exclude_ids: Tensor,
+    miss_rank: int,
+) -> Tensor:
+    """The rank of ``target_ranks`` among retrieved candidates only (ANN evaluation).
+
+    Args:
+        query: float [B, d]; item_emb: float [I + 1, d] (row 0 = padding);
+        cand_ids: long [B, C], each row's retrieved items (e.g. an item index's top C), 0 = none;
+        targets: long [B] in ``1..I``; exclude_ids: long [B, H], 0-padded history ids (the
+            target is never excluded); miss_rank: the rank of a target not among its row's
+            candidates (past every cut-off, e.g. I).
+
+    Returns:
+        long [B]: for a retrieved target, the number of its row's non-excluded candidates other
+        than the target with a strictly higher score (scores recomputed here as ``target_ranks``
+        does, so an exact index's candidates give the exact rank for targets within them);
+        ``miss_rank`` otherwise.
+    """
+    _check_shapes(query, item_emb, exclude_ids)
+    dt = _score_dtype(query)
+    q = query.to(dt)
+    emb = item_emb.to(device=q.device, dtype=dt)
+    cand = cand_ids.to(device=q.device, dtype=torch.long)
+    targets = targets.to(device=q.device, dtype=torch.long)
+    ex = exclude_ids.to(device=q.device, dtype=torch.long)
+    t_score = (q * emb[targets]).sum(dim=1)
+    c_score = (emb[cand] * q[:, None, :]).sum(dim=2)  # [B, C]
+    is_target = cand == targets[:, None]
+    keep = (cand != 0) & ~is_target & ~(cand[:, :, None] == ex[:, None, :]).any(dim=2)
+    count = (keep & (c_score > t_score[:, None])).sum(dim=1)
+    return torch.where(is_target.any(dim=1), count, torch.full_like(count, int(miss_rank)))
+
+
+def first_kept(cand_ids: Tensor, exclude_ids: Tensor, k: int) -> Tensor:
+    """long [B, k]: each row's first ``k`` candidates (long [B, C], in retrieval order, 0 = none)
+    that are not in its ``exclude_ids`` row (long [B, H], 0-padded); 0 in slots left empty."""
+    drop = (cand_ids == 0) | (cand_ids[:, :, None] == exclude_ids[:, None, :]).any(dim=2)
+    order = torch.sort(drop.to(torch.int8), dim=1, stable=True).indices[:, :k]  # kept first, order kept
+    out = torch.gather(cand_ids, 1, order)
+    out = torch.where(torch.gather(drop, 1, order), torch.zeros_like(out), out)
+    if out.shape[1] < k:
+        out = torch.cat([out, out.new_zeros(out.shape[0], k - out.shape[1])], dim=1)
+    return out
+
+
+def overlap_recall(approx: Tensor, exact: Tensor) -> Tensor:
+    """float64 [B]: the share of each row's exact top-k ids (long [B, k], 0 = empty slot, not
+    counted) that its approximate top-k (long [B, k'], 0 = empty) holds; 1.0 for a row with
+    no exact ids."""
+    hit = (exact[:, :, None] == approx[:, None, :]).any(dim=2) & (exact != 0)
+    n = (exact != 0).sum(dim=1)
+    return torch.where(n > 0, hit.sum(dim=1).double() / n.clamp(min=1), torch.ones_like(n, dtype=torch.float64))
+
+
 def rank_metrics(ranks: Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
     """SUMS over the batch of HR@k and NDCG@k for each k, and MRR, plus ``count``.
 

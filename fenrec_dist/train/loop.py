@@ -18,13 +18,14 @@ from tqdm import tqdm
 from fenrec_dist.data.dataset import EvalTable, SampleTable, right_pad
 from fenrec_dist.negatives.intents import IntentClusters
 from fenrec_dist.losses.fenrec import FENRecLoss
-from fenrec_dist.metrics import rank_metrics, target_ranks
+from fenrec_dist.metrics import candidate_ranks, first_kept, overlap_recall, rank_metrics, target_ranks, topk_items
 from fenrec_dist.model.base import SequenceEncoder
 from fenrec_dist.model.packing import length_chunks
 from fenrec_dist.train.batches import PartnerIndex, epoch_rng, to_tensor
 from fenrec_dist.train.memory import HeapTrimmer
 
 if TYPE_CHECKING:
+    from fenrec_dist.negatives.item_index import ItemIndex
     from fenrec_dist.negatives.refresh import EpochIndex
 
 StepFn = Callable[[torch.Tensor], None]
@@ -221,6 +222,9 @@ def exclude_block(values: np.ndarray, offsets: np.ndarray, start: int, stop: int
     return right_pad(values, offs, max(1, int(np.diff(offs).max(initial=0))))
 
 
+ANN_RECALL_K = 20  # eval.ann: the recall reported is that of the exact top-20
+
+
 @torch.no_grad()
 def split_ranks(
     encoder: SequenceEncoder,
@@ -248,6 +252,52 @@ def split_ranks(
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
 
+@torch.no_grad()
+def ann_split_ranks(
+    encoder: SequenceEncoder,
+    table: EvalTable,
+    split: str,
+    max_len: int,
+    batch_size: int,
+    item_chunk: int,
+    device: torch.device,
+    index: "ItemIndex",
+    depth: int,
+    recall_rows: np.ndarray,
+) -> tuple[torch.Tensor, float, int]:
+    """``split_ranks`` with the item index (``eval.ann``): each user's top ``max(depth,
+    ANN_RECALL_K) + H`` items are retrieved (H: the batch's history width) and the target is
+    ranked among them (``metrics.candidate_ranks``; not retrieved = rank I, past every cut-off).
+
+    Args:
+        index: the item index of the encoder's current item table; depth: max(eval.ks);
+        recall_rows: bool [U], the users whose ANN top-20 (history excluded) is compared with
+            the exact top-20 (``metrics.topk_items``).
+
+    Returns:
+        (ranks long [U] in the table's user order, sum of the recall rows' recall of the exact
+        top-20, number of recall rows).
+    """
+    inputs = table.inputs(split, max_len)
+    targets = table.valid if split == "valid" else table.test
+    ex_values, ex_offsets = table.exclude(split)
+    reprs = embed(encoder, inputs, batch_size, device)
+    items = encoder.item_weights().detach().float()
+    ranks, recall, n_recall = [], 0.0, 0
+    for i in range(0, len(inputs), batch_size):
+        j = min(i + batch_size, len(inputs))
+        ex = to_tensor(exclude_block(ex_values, ex_offsets, i, j), device)
+        _, cand = index.search(reprs[i:j], max(depth, ANN_RECALL_K) + ex.shape[1])
+        q, cand_t = torch.from_numpy(reprs[i:j]).to(device), torch.from_numpy(cand).to(device)
+        ranks.append(candidate_ranks(q, items, cand_t, to_tensor(targets[i:j], device), ex, items.shape[0] - 1).cpu())
+        rows = torch.from_numpy(np.flatnonzero(recall_rows[i:j])).to(device)
+        if len(rows):
+            exact = topk_items(q[rows], items, ex[rows], ANN_RECALL_K, item_chunk)[1]
+            recall += float(overlap_recall(first_kept(cand_t[rows], ex[rows], ANN_RECALL_K), exact).sum())
+            n_recall += len(rows)
+    return (torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)), recall, n_recall
+
+
 def evaluate_sums(
     encoder: SequenceEncoder,
     table: EvalTable,
@@ -257,6 +307,17 @@ def evaluate_sums(
     item_chunk: int,
     ks: list[int],
     device: torch.device,
+    index: "ItemIndex | None" = None,
+    recall_rows: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Full-ranking metric *sums* (and 'count') of ``split`` ('valid' or 'test') over the table's users."""
-    return rank_metrics(split_ranks(encoder, table, split, max_len, batch_size, item_chunk, device), ks)
+    """Full-ranking metric *sums* (and 'count') of ``split`` ('valid' or 'test') over the table's users.
+
+    With an ``index`` (``eval.ann``) the ranks are ``ann_split_ranks``' and the sums also hold
+    'ann_recall_sum' and 'ann_recall_count' (the recall of the exact top-20 on ``recall_rows``,
+    bool [U]; every user when None)."""
+    if index is None:
+        return rank_metrics(split_ranks(encoder, table, split, max_len, batch_size, item_chunk, device), ks)
+    rows = np.ones(len(table.user), dtype=bool) if recall_rows is None else recall_rows
+    ranks, recall, n = ann_split_ranks(encoder, table, split, max_len, batch_size, item_chunk, device, index,
+                                       max(ks), rows)
+    return {**rank_metrics(ranks, ks), "ann_recall_sum": recall, "ann_recall_count": float(n)}

@@ -39,7 +39,7 @@ def progress_line(rec: dict[str, Any], max_epochs: int, metric: str, patience: i
         f"epoch {rec['epoch']:>3}",
         "loss " + " ".join(f"{k}={v:.4f}" for k, v in loss.items()),
         f"{rec.get('samples_per_s', 0):,.0f} samples/s",
-        " ".join(f"{k}={v:.4f}" for k, v in val.items() if k in ("HR@20", "NDCG@20", "MRR")),
+        " ".join(f"{k}={v:.4f}" for k, v in val.items() if k in ("HR@20", "NDCG@20", "MRR", "ann_recall@20")),
         "time " + " ".join(f"{k}={v:.1f}s" for k, v in phases.items()),
         f"best {metric}={rec.get('best', float('nan')):.4f}@{rec.get('best_epoch', -1)}",
         eta_text(rec, max_epochs, metric, patience),

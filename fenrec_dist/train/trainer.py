@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -32,13 +32,16 @@ from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
 from fenrec_dist.train.checkpoint import load_state, rng_state, set_rng_state
 from fenrec_dist.train.early_stopping import EarlyStopping
 from fenrec_dist.train.loop import StepFn, embed, evaluate_sums, train_epoch
-from fenrec_dist.train import memory
 from fenrec_dist.train.memory import release_free_memory
 from fenrec_dist.train.runtime import Engine, Runtime, precision_context
 from fenrec_dist.train.schedule import lr_factor
 
+if TYPE_CHECKING:
+    from fenrec_dist.negatives.item_index import ItemIndex
+
 BATCH_ORDER_STREAM = 1 << 20  # epoch_rng stream of the batch order, shared by the ranks (see epoch_batches)
 SAMPLE_STREAM = 1 << 21       # epoch_rng stream of the k-means sample
+ANN_RECALL_KEY = "ann_recall@20"  # eval.ann: the index's recall of the exact top-20, beside the metrics
 STAT_KEYS = ("cos_in_batch", "cos_index", "index_used")  # the loss's negative diagnostics (index runs)
 FAULT_ENV = "FENREC_FAULT_AT"  # "EPOCH:BATCH:RANK:MARKER_FILE": SIGKILL this rank there, once (failure tests)
 
@@ -140,47 +143,70 @@ def user_sample(user: np.ndarray, total_users: int, max_users: int, seed: int) -
     users on any number of ranks); all when ``max_users`` is 0 or at least ``total_users``."""
     if max_users <= 0 or max_users >= total_users:
         return np.ones(len(user), dtype=bool)
-    x = (np.asarray(user, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15))
+    with np.errstate(over="ignore"):  # the multiplications wrap modulo 2^64 on purpose
+        x = (np.asarray(user, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15))
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 finaliser
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x = x ^ (x >> np.uint64(31))
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53) < max_users / total_users
 
 
-def item_miner(encoder: SequenceEncoder, cfg: Config, epoch: int, device: torch.device
-               ) -> Callable[[torch.Tensor, np.ndarray], torch.Tensor]:
-    """The epoch's item index over the item table (built once, every rank alike) and the per-step
-    miner of sampled L_rec: (anchors float [B, d], windows int [B, H+1]) -> the
-    ``loss.sampled_mined`` highest-scoring items of each anchor outside its own window, long [B, K]."""
-    from fenrec_dist.negatives.item_index import ItemIndex
-
+def item_index_builder(cfg: Config, device: torch.device) -> Callable[[SequenceEncoder, int], "ItemIndex"]:
+    """(encoder, seed) -> the item index (``negatives.item_index_*``) of the encoder's current
+    item table, every rank alike; one FAISS resources object (GPU placement) for the process."""
     from fenrec_dist.negatives.index import FaissResources
+    from fenrec_dist.negatives.item_index import ItemIndex
 
     neg = cfg.negatives
     resources = FaissResources(neg.index_device, neg.index_gpu_temp_mb, (device.index or 0) if device.type == "cuda" else 0)
 
-    def build() -> ItemIndex:
+    def build(encoder: SequenceEncoder, seed: int) -> ItemIndex:
         table = encoder.item_weights().detach().float().cpu().numpy()
-        return ItemIndex.build(table, neg, seed=cfg.train.seed + epoch, resources=resources)
+        return ItemIndex.build(table, neg, seed=seed, resources=resources)
 
-    state = {"index": build(), "steps": 0}
-    k, every = cfg.loss.sampled_mined, neg.item_index_refresh_steps
+    return build
+
+
+def item_miner(build: Callable[[SequenceEncoder, int], "ItemIndex"], encoder: SequenceEncoder, cfg: Config,
+               epoch: int, device: torch.device, first: "ItemIndex | None" = None
+               ) -> Callable[[torch.Tensor, np.ndarray], torch.Tensor]:
+    """The epoch's item index over the item table (seed train.seed + epoch; ``first`` when the
+    caller already built it for this table, e.g. the previous epoch's ``eval.ann`` index) and
+    the per-step miner of sampled L_rec: (anchors float [B, d], windows int [B, H+1]) -> the
+    ``loss.sampled_mined`` highest-scoring items of each anchor outside its own window, long [B, K]."""
+    seed = cfg.train.seed + epoch
+    state = {"index": first if first is not None else build(encoder, seed), "steps": 0}
+    k, every = cfg.loss.sampled_mined, cfg.negatives.item_index_refresh_steps
 
     def mine(z: torch.Tensor, window: np.ndarray) -> torch.Tensor:
         if every and state["steps"] and state["steps"] % every == 0:  # negatives.item_index_refresh_steps
-            state["index"] = build()
+            state["index"] = build(encoder, seed)
         state["steps"] += 1
         return torch.from_numpy(state["index"].mine(z.detach().float().cpu().numpy(), k, window)).to(device)
 
     return mine
 
 
-def evaluate(encoder: SequenceEncoder, data: RankData, cfg: Config, split: str, device: torch.device
-             ) -> dict[str, float]:
-    """Full-ranking metrics of ``split`` over every rank's users (sums all-reduced)."""
+def evaluate(encoder: SequenceEncoder, data: RankData, cfg: Config, split: str, device: torch.device,
+             index: "ItemIndex | None" = None) -> dict[str, float]:
+    """Full-ranking metrics of ``split`` over every rank's users (sums all-reduced).
+
+    With ``eval.ann`` the users are ranked with ``index`` (the item index of the encoder's
+    current table; the caller builds it) and the result also holds ``ann_recall@20``: the
+    index's recall of the exact top-20 on ``eval.ann_recall_users``' fixed sample of users."""
+    if cfg.eval.ann and index is None:
+        raise ValueError("evaluate: eval.ann needs the item index of the encoder's current table")
+    rows = None
+    if cfg.eval.ann:
+        rows = user_sample(data.eval.user, data.total_users, cfg.eval.ann_recall_users, cfg.train.seed)
     sums = evaluate_sums(encoder, data.eval, split, data.max_len, cfg.eval.batch_size, cfg.eval.item_chunk,
-                         list(cfg.eval.ks), device)
-    return finalize(C.all_reduce_sums(sums, device))
+                         list(cfg.eval.ks), device, index if cfg.eval.ann else None, rows)
+    sums = C.all_reduce_sums(sums, device)
+    recall, n = sums.pop("ann_recall_sum", None), sums.pop("ann_recall_count", None)
+    out = finalize(sums)
+    if recall is not None:
+        out[ANN_RECALL_KEY] = recall / n if n else float("nan")
+    return out
 
 
 def negatives_record(summary: dict[str, Any] | None, train_stats: dict[str, float]) -> dict[str, float]:
@@ -194,8 +220,10 @@ def negatives_record(summary: dict[str, Any] | None, train_stats: dict[str, floa
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size so far, MiB (over every phase: ``memory``)."""
-    return memory.peak_rss_mib()
+    """This process's peak resident set size so far, MiB (Linux: ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def per_rank(value: float, device: torch.device, scale: int = 1024) -> list[float]:
@@ -312,14 +340,11 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
         raise ConfigError("loss.rec_softmax: sampled with several CUDA workers: its row-sparse item gradients need "
                           "DDP over gloo, and NCCL cannot all-reduce sparse tensors; use one worker per run or "
                           "loss.rec_softmax=full")
-    memory.start_phase()
     data = load_rank_data(cfg.data.path, rank, world, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
     if cfg.eval.max_users:
         data.eval = data.eval.subset(user_sample(data.eval.user, data.total_users, cfg.eval.max_users, cfg.train.seed))
     t_load = time.perf_counter()
     rss_load = peak_rss_mib()
-    in_startup = {"load": memory.phase_peak_mib()}
-    memory.start_phase()
     model = build_model(cfg, data.num_items, data.max_len, device)
     rng = torch.get_rng_state()
     engine = rt.engine(model, cfg)
@@ -333,7 +358,6 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
                    f"@{prog.stopper.best_epoch})")
     startup = {"load_data": t_load - t_start, "engine_init": t_engine - t_load}
     rss_startup = {"after_load": rss_load, "after_engine": peak_rss_mib()}
-    in_startup["engine"] = memory.phase_peak_mib()
     item_counts = None
     if cfg.loss.rec_softmax == "sampled":  # how often each item is a target, over every rank's samples
         counts = np.bincount(data.train.target, minlength=data.num_items + 1).astype(np.float64)
@@ -356,6 +380,11 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
            f"{world}), {data.total_users:,} users, {data.num_items:,} items | device {device} | "
            f"{sum(p.numel() for p in engine.module.parameters()):,} parameters")
 
+    build_index = None  # the item index of the current table: sampled L_rec's mined items and eval.ann
+    if cfg.eval.ann or (cfg.loss.rec_softmax == "sampled" and cfg.loss.sampled_mined > 0):
+        build_index = item_index_builder(cfg, device)
+    ann_index: tuple[int, ItemIndex] | None = None  # eval.ann's index of the table after epoch e: (e, index)
+
     first_epoch = prog.epoch
     for epoch in range(first_epoch, cfg.train.epochs):
         if prog.stopper.should_stop:
@@ -365,10 +394,7 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             rt.log(f"train.time_limit_min={cfg.train.time_limit_min} reached; stopping before epoch {epoch}")
             break
         t_epoch = t0 = time.perf_counter()
-        memory.start_phase()
         intents, reprs = epoch_intents(engine.module, data, cfg, epoch, device, need_reprs=refresher is not None)
-        in_phase = {"cluster": memory.phase_peak_mib()}  # each phase's own peak (``memory.start_phase``)
-        memory.start_phase()
         release_free_memory()  # each phase starts from a trimmed heap, so phase peaks do not stack
         times = {"cluster": time.perf_counter() - t0}
         rss = {"cluster": peak_rss_mib()}
@@ -381,8 +407,10 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
         miner = None
         if cfg.loss.rec_softmax == "sampled" and cfg.loss.sampled_mined > 0:
             t0 = time.perf_counter()
-            miner = item_miner(engine.module, cfg, epoch, device)
-            times["item_index"] = time.perf_counter() - t0
+            first = ann_index[1] if ann_index is not None and ann_index[0] == epoch - 1 else None
+            miner = item_miner(build_index, engine.module, cfg, epoch, device, first)  # type: ignore[arg-type]
+            times["item_index"] = time.perf_counter() - t0  # ~0 when the last evaluation's index is reused
+        ann_index = None
         batches = epoch_batches(data.train.input_len, cfg.train.batch_size, epoch_rng(cfg.train.seed, epoch, rank),
                                 cfg.train.length_grouping, cfg.train.length_bucket_batches,
                                 order_rng=epoch_rng(cfg.train.seed, epoch, BATCH_ORDER_STREAM) if world > 1 else None)
@@ -390,21 +418,19 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
         if cfg.train.epoch_steps:
             batches = batches[: cfg.train.epoch_steps]
         step = _scheduled(_with_hook(engine.step, fault_hook(epoch, rank)), engine, cfg, epoch, len(batches))
-        in_phase["refresh"] = memory.phase_peak_mib()  # the sample and item indexes, when on
-        memory.start_phase()
         res = train_epoch(engine.net, engine.module, step, data.train,
                           partners, data.train, batches, loss_fn, epoch, intents, cfg.train.seed, device, rank=rank,
                           progress=rt.progress, num_batches=len(batches), autocast=autocast, index=index,
                           trim_every=cfg.train.trim_every, trim_growth_mib=cfg.train.trim_growth_mib,
                           item_miner=miner)
-        in_phase["train"] = memory.phase_peak_mib()
-        memory.start_phase()
         release_free_memory()
         times["train"] = res.seconds
         rss["train"] = peak_rss_mib()
         t0 = time.perf_counter()
-        valid = evaluate(engine.module, data, cfg, "valid", device)
-        in_phase["eval"] = memory.phase_peak_mib()
+        if cfg.eval.ann:  # seeded as the next epoch's miner, which reuses it (same table)
+            ann_index = (epoch, build_index(engine.module, cfg.train.seed + epoch + 1))  # type: ignore[misc]
+            times["eval_index"] = time.perf_counter() - t0
+        valid = evaluate(engine.module, data, cfg, "valid", device, ann_index[1] if ann_index else None)
         release_free_memory()
         times["eval"] = time.perf_counter() - t0
         if prog.stopper.update(valid[cfg.eval.metric], epoch):
@@ -419,8 +445,7 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             "phase": "hard" if loss_fn.after_warmup(epoch) else "warmup",
         }
         rec["memory"] = {"peak_rss_mib": per_rank(peak_rss_mib(), device),
-                         "peak_rss_mib_by_phase_end": {k: per_rank(v, device) for k, v in rss.items()},
-                         "peak_rss_mib_in_phase": {k: per_rank(v, device) for k, v in in_phase.items()}}
+                         "peak_rss_mib_by_phase_end": {k: per_rank(v, device) for k, v in rss.items()}}
         if world > 1:
             rec["world_size"] = world
         if refresher is not None:
@@ -434,15 +459,19 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             rec["negatives"] = negatives_record(refresher.summary, stats)
         if epoch == first_epoch:
             rec["memory"]["peak_rss_mib_startup"] = {k: per_rank(v, device) for k, v in rss_startup.items()}
-            rec["memory"]["peak_rss_mib_in_phase"].update({k: per_rank(v, device) for k, v in in_startup.items()})
             rec["startup"] = {**startup, "bytes_read": per_rank(float(data.bytes_read), device, 1),
                               "local_rows": per_rank(float(len(data.train)), device, 1)}
         rt.commit(rec, prog.writer(rank, world, engine, rec))
 
     # final: the best weights on validation and test, on every rank (collectives)
     engine.module.load_state_dict(prog.best)
-    final = {"best_epoch": prog.stopper.best_epoch, "valid": evaluate(engine.module, data, cfg, "valid", device),
-             "test": evaluate(engine.module, data, cfg, "test", device), "epochs_run": prog.epoch}
+    best_epoch = prog.stopper.best_epoch
+    index = None
+    if cfg.eval.ann:  # the best epoch's evaluation index when this process built it, else the same one rebuilt
+        index = (ann_index[1] if ann_index is not None and ann_index[0] == best_epoch
+                 else build_index(engine.module, cfg.train.seed + max(best_epoch, -1) + 1))  # type: ignore[misc]
+    final = {"best_epoch": best_epoch, "valid": evaluate(engine.module, data, cfg, "valid", device, index),
+             "test": evaluate(engine.module, data, cfg, "test", device, index), "epochs_run": prog.epoch}
     rt.finish(final)
     return final
 
@@ -461,5 +490,8 @@ def score_run(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any
     except RuntimeError as exc:  # another model's weights (the config was changed after training)
         raise CheckpointError(f"{run_dir}: the best checkpoint does not fit the model of config.yaml: "
                               f"{first_line(exc)}") from exc
-    return {"best_epoch": best_epoch, "valid": evaluate(model, data, cfg, "valid", device),
-            "test": evaluate(model, data, cfg, "test", device), **extra}
+    index = None
+    if cfg.eval.ann:  # the index the run's own evaluation of its best epoch used
+        index = item_index_builder(cfg, device)(model, cfg.train.seed + max(int(best_epoch), -1) + 1)
+    return {"best_epoch": best_epoch, "valid": evaluate(model, data, cfg, "valid", device, index),
+            "test": evaluate(model, data, cfg, "test", device, index), **extra}
