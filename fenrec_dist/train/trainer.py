@@ -32,6 +32,7 @@ from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
 from fenrec_dist.train.checkpoint import load_state, rng_state, set_rng_state
 from fenrec_dist.train.early_stopping import EarlyStopping
 from fenrec_dist.train.loop import StepFn, embed, evaluate_sums, train_epoch
+from fenrec_dist.train import memory
 from fenrec_dist.train.memory import release_free_memory
 from fenrec_dist.train.runtime import Engine, Runtime, precision_context
 from fenrec_dist.train.schedule import lr_factor
@@ -220,10 +221,8 @@ def negatives_record(summary: dict[str, Any] | None, train_stats: dict[str, floa
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size so far, MiB (Linux: ru_maxrss is in KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak resident set size so far, MiB (over every phase: ``memory``)."""
+    return memory.peak_rss_mib()
 
 
 def per_rank(value: float, device: torch.device, scale: int = 1024) -> list[float]:
@@ -340,11 +339,14 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
         raise ConfigError("loss.rec_softmax: sampled with several CUDA workers: its row-sparse item gradients need "
                           "DDP over gloo, and NCCL cannot all-reduce sparse tensors; use one worker per run or "
                           "loss.rec_softmax=full")
+    memory.start_phase()
     data = load_rank_data(cfg.data.path, rank, world, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
     if cfg.eval.max_users:
         data.eval = data.eval.subset(user_sample(data.eval.user, data.total_users, cfg.eval.max_users, cfg.train.seed))
     t_load = time.perf_counter()
     rss_load = peak_rss_mib()
+    in_startup = {"load": memory.phase_peak_mib()}
+    memory.start_phase()
     model = build_model(cfg, data.num_items, data.max_len, device)
     rng = torch.get_rng_state()
     engine = rt.engine(model, cfg)
@@ -358,6 +360,7 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
                    f"@{prog.stopper.best_epoch})")
     startup = {"load_data": t_load - t_start, "engine_init": t_engine - t_load}
     rss_startup = {"after_load": rss_load, "after_engine": peak_rss_mib()}
+    in_startup["engine"] = memory.phase_peak_mib()
     item_counts = None
     if cfg.loss.rec_softmax == "sampled":  # how often each item is a target, over every rank's samples
         counts = np.bincount(data.train.target, minlength=data.num_items + 1).astype(np.float64)
@@ -394,7 +397,10 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             rt.log(f"train.time_limit_min={cfg.train.time_limit_min} reached; stopping before epoch {epoch}")
             break
         t_epoch = t0 = time.perf_counter()
+        memory.start_phase()
         intents, reprs = epoch_intents(engine.module, data, cfg, epoch, device, need_reprs=refresher is not None)
+        in_phase = {"cluster": memory.phase_peak_mib()}  # each phase's own peak (``memory.start_phase``)
+        memory.start_phase()
         release_free_memory()  # each phase starts from a trimmed heap, so phase peaks do not stack
         times = {"cluster": time.perf_counter() - t0}
         rss = {"cluster": peak_rss_mib()}
@@ -418,11 +424,15 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
         if cfg.train.epoch_steps:
             batches = batches[: cfg.train.epoch_steps]
         step = _scheduled(_with_hook(engine.step, fault_hook(epoch, rank)), engine, cfg, epoch, len(batches))
+        in_phase["refresh"] = memory.phase_peak_mib()  # the sample and item indexes, when on
+        memory.start_phase()
         res = train_epoch(engine.net, engine.module, step, data.train,
                           partners, data.train, batches, loss_fn, epoch, intents, cfg.train.seed, device, rank=rank,
                           progress=rt.progress, num_batches=len(batches), autocast=autocast, index=index,
                           trim_every=cfg.train.trim_every, trim_growth_mib=cfg.train.trim_growth_mib,
                           item_miner=miner)
+        in_phase["train"] = memory.phase_peak_mib()
+        memory.start_phase()
         release_free_memory()
         times["train"] = res.seconds
         rss["train"] = peak_rss_mib()
@@ -431,6 +441,7 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             ann_index = (epoch, build_index(engine.module, cfg.train.seed + epoch + 1))  # type: ignore[misc]
             times["eval_index"] = time.perf_counter() - t0
         valid = evaluate(engine.module, data, cfg, "valid", device, ann_index[1] if ann_index else None)
+        in_phase["eval"] = memory.phase_peak_mib()
         release_free_memory()
         times["eval"] = time.perf_counter() - t0
         if prog.stopper.update(valid[cfg.eval.metric], epoch):
@@ -445,7 +456,8 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             "phase": "hard" if loss_fn.after_warmup(epoch) else "warmup",
         }
         rec["memory"] = {"peak_rss_mib": per_rank(peak_rss_mib(), device),
-                         "peak_rss_mib_by_phase_end": {k: per_rank(v, device) for k, v in rss.items()}}
+                         "peak_rss_mib_by_phase_end": {k: per_rank(v, device) for k, v in rss.items()},
+                         "peak_rss_mib_in_phase": {k: per_rank(v, device) for k, v in in_phase.items()}}
         if world > 1:
             rec["world_size"] = world
         if refresher is not None:
@@ -459,6 +471,7 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             rec["negatives"] = negatives_record(refresher.summary, stats)
         if epoch == first_epoch:
             rec["memory"]["peak_rss_mib_startup"] = {k: per_rank(v, device) for k, v in rss_startup.items()}
+            rec["memory"]["peak_rss_mib_in_phase"].update({k: per_rank(v, device) for k, v in in_startup.items()})
             rec["startup"] = {**startup, "bytes_read": per_rank(float(data.bytes_read), device, 1),
                               "local_rows": per_rank(float(len(data.train)), device, 1)}
         rt.commit(rec, prog.writer(rank, world, engine, rec))
