@@ -2,7 +2,7 @@
 """Training steps on large synthetic catalogues: full against sampled L_rec.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/scale/bench_catalogue.py \
-        [--sizes 12000 100000 1000000] [--modes full sampled] [--steps 50] [--mined 0 64 256]
+        [--sizes 12000 100000 1000000] [--modes full sampled] [--steps 50] [--mined 0 64 256] [--nprobe 8 4]
 
 For every catalogue size and mode a fresh child process (1 thread) builds the Beauty SASRec
 (configs/beauty.yaml: d = 64, 2 blocks, max_len 50) over the catalogue and runs ``--steps``
@@ -12,7 +12,10 @@ input lengths 1..50 (geometric, mean about 9 as Beauty's samples), items, target
 2-item windows drawn from a Zipf(1.1) popularity. One step = encoder forward, loss, backward,
 optimizer step (for ``sampled`` with a ``--mined`` K > 0 also the item-index search of the
 anchors' K hard items, the index built once before the steps: its build time is reported as the
-refresh). ``sampled`` runs once per value of ``--mined``.
+refresh). ``sampled`` runs once per value of ``--mined`` (and of ``--nprobe``, the IVF lists
+each search visits, ``negatives.item_index_nprobe``; the config's 8 when not given). A run with
+an IVF index also reports the mined items' recall of the exact top K (each anchor's K
+highest-scoring items outside its window, over the whole catalogue) on the last step's anchors.
 
 - full: ``loss.rec_softmax: full`` and today's fused dense Adam;
 - sampled: ``loss.rec_softmax: sampled`` (in-batch + ``--random`` popularity draws with logQ,
@@ -69,7 +72,7 @@ def child(args: argparse.Namespace) -> dict:
     base = rss_mib()
     n_items, mode, b = args.size, args.mode, args.batch
     sets = [f"loss.rec_softmax={mode}", f"loss.sampled_random={args.random}", "loss.sampled_popularity=true",
-            f"loss.sampled_mined={args.mined}"]
+            f"loss.sampled_mined={args.mined}"] + ([f"negatives.item_index_nprobe={args.nprobe}"] if args.nprobe else [])
     cfg = load_config(ROOT / "configs" / "beauty.yaml", sets)
     rng = np.random.default_rng(0)
     pop = 1.0 / np.arange(1, n_items + 1) ** 1.1
@@ -134,13 +137,24 @@ def child(args: argparse.Namespace) -> dict:
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t2 + (t1 - t0))
         cpu_times.append(time.process_time() - c2 + (c1 - c0))
+    peak = peak_mib()  # before the exact search below (a second copy of the table)
+    mined_recall = None
+    if index is not None and index.kind != "flat":  # the mined items against an exact search of the same table
+        import faiss
+
+        flat = faiss.IndexFlatIP(cfg.model.hidden)
+        flat.add(np.ascontiguousarray(model.item_emb.weight.detach().numpy()[1:]))
+        exact = ItemIndex(flat, "flat", n_items, cfg.model.hidden)
+        q = z[:b].detach().numpy()
+        got, want = index.mine(q, args.mined, future.numpy()), exact.mine(q, args.mined, future.numpy())
+        mined_recall = float(np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got, want)]))
+        del flat, exact
     state = opt.state_dict()
     states = [state] if "state" in state else [state["dense"], state["sparse"]]
     opt_mib = sum(v.numel() * v.element_size() for s in states for st in s["state"].values()
                   for v in st.values() if torch.is_tensor(v)) / MIB
     steady = times[3:] if len(times) > 3 else times
     steady_cpu = cpu_times[3:] if len(cpu_times) > 3 else cpu_times
-    peak = peak_mib()
     known = base + table_mib + opt_mib + grad_mib + index_mib + data_mib
     return {
         "items": n_items, "mode": mode, "steps": len(times), "batch": b,
@@ -150,6 +164,8 @@ def child(args: argparse.Namespace) -> dict:
         "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]],
         "loss_last": float(parts.total.detach()), "touched_rows_mean": float(np.mean(touched)) if touched else None,
         "index_kind": index.kind if index is not None else None, "index_refresh_s": refresh_s,
+        "nprobe": (min(index.index.nprobe, index.index.nlist) if index is not None and index.kind == "ivf" else None),
+        "mined_recall_of_exact": mined_recall,
         "peak_rss_mib": peak,
         "breakdown_mib": {"process_before_model": base, "item_table": table_mib, "optimizer_state": opt_mib,
                           "item_grad_max": grad_mib, "item_index": index_mib, "batch_data": data_mib,
@@ -165,6 +181,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--random", type=int, default=1024)
     ap.add_argument("--mined", type=int, nargs="+", default=[0, 64, 256])
+    ap.add_argument("--nprobe", type=int, nargs="+", help="IVF lists per search (default: the config's)")
     ap.add_argument("--full-sizes", type=int, nargs="+", help="sizes of the full runs (default: --sizes)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "scale" / "results" / "catalogue.json"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -173,6 +190,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.child:
         args.mined = args.mined[0]
+        args.nprobe = args.nprobe[0] if args.nprobe else None
         print(json.dumps(child(args)))
         return 0
     from _result import write_result
@@ -180,11 +198,14 @@ def main() -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     runs = []
     full_sizes = args.sizes if args.full_sizes is None else args.full_sizes
-    jobs = [(size, mode, k) for size in args.sizes for mode in args.modes
-            for k in (args.mined if mode == "sampled" else [0]) if mode == "sampled" or size in full_sizes]
-    for size, mode, k in jobs:
+    jobs = [(size, mode, k, p) for size in args.sizes for mode in args.modes
+            for k in (args.mined if mode == "sampled" else [0])
+            for p in (args.nprobe or [None] if mode == "sampled" and k > 0 and size >= 100_000 else [None])
+            if mode == "sampled" or size in full_sizes]  # below 100k items the index is flat: nprobe is moot
+    for size, mode, k, p in jobs:
             cmd = [sys.executable, __file__, "--child", "--size", str(size), "--mode", mode, "--steps", str(args.steps),
                    "--batch", str(args.batch), "--random", str(args.random), "--mined", str(k)]
+            cmd += ["--nprobe", str(p)] if p else []
             t0 = time.perf_counter()
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
@@ -199,6 +220,8 @@ def main() -> int:
     for r in runs:
         if "error" not in r and ref is not None:
             name = r["mode"] if r["mode"] == "full" else f"sampled_mined{r['mined']}"
+            if args.nprobe and r.get("nprobe"):
+                name += f"_nprobe{r['nprobe']}"
             summary[f"{name}@{r['items']}_over_full@{small}"] = {
                 "wall": r["step_ms_median"] / ref["step_ms_median"],
                 "cpu": r["step_cpu_ms_median"] / ref["step_cpu_ms_median"]}
