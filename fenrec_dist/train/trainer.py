@@ -29,7 +29,7 @@ from fenrec_dist.model import build_encoder
 from fenrec_dist.model.base import SequenceEncoder
 from fenrec_dist.train import layout
 from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
-from fenrec_dist.train.checkpoint import load_state, rng_state, set_rng_state
+from fenrec_dist.train.checkpoint import atomic_write_text, load_state, rng_state, set_rng_state
 from fenrec_dist.train.early_stopping import EarlyStopping
 from fenrec_dist.train.loop import StepFn, embed, evaluate_sums, train_epoch
 from fenrec_dist.train import memory
@@ -45,6 +45,7 @@ SAMPLE_STREAM = 1 << 21       # epoch_rng stream of the k-means sample
 ANN_RECALL_KEY = "ann_recall@20"  # eval.ann: the index's recall of the exact top-20, beside the metrics
 STAT_KEYS = ("cos_in_batch", "cos_index", "index_used")  # the loss's negative diagnostics (index runs)
 FAULT_ENV = "FENREC_FAULT_AT"  # "EPOCH:BATCH:RANK:MARKER_FILE": SIGKILL this rank there, once (failure tests)
+FAULT_HOLD_ENV = "FENREC_FAULT_HOLD_S"  # seconds the rank waits there first, marker written (a test removes its node)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -236,19 +237,22 @@ def per_rank(value: float, device: torch.device, scale: int = 1024) -> list[floa
 
 def fault_hook(epoch: int, rank: int) -> Callable[[], None] | None:
     """A per-step hook that SIGKILLs this process at ``FENREC_FAULT_AT``'s point, once (the
-    marker file makes the restarted run go through); None when no fault is asked for here."""
+    marker file, naming the rank and its pid, makes the restarted run go through); with
+    ``FENREC_FAULT_HOLD_S`` it waits that long first, in the middle of the epoch, while a test
+    removes its node or kills its driver. None when no fault is asked for here."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return None
     e, b, r, marker = spec.split(":", 3)
     if int(e) != epoch or int(r) != rank or Path(marker).exists():
         return None
-    target, count = int(b), [0]
+    target, count, hold = int(b), [0], float(os.environ.get(FAULT_HOLD_ENV) or 0)
 
     def hook() -> None:
         count[0] += 1
         if count[0] == target:
-            Path(marker).write_text(f"killed rank {rank} at epoch {epoch} batch {target}\n")
+            atomic_write_text(Path(marker), f"killed rank {rank} at epoch {epoch} batch {target} pid {os.getpid()}\n")
+            time.sleep(hold)
             os.kill(os.getpid(), signal.SIGKILL)
 
     return hook
@@ -473,7 +477,8 @@ def fit(cfg: Config, rt: Runtime) -> dict[str, Any]:
             rec["memory"]["peak_rss_mib_startup"] = {k: per_rank(v, device) for k, v in rss_startup.items()}
             rec["memory"]["peak_rss_mib_in_phase"].update({k: per_rank(v, device) for k, v in in_startup.items()})
             rec["startup"] = {**startup, "bytes_read": per_rank(float(data.bytes_read), device, 1),
-                              "local_rows": per_rank(float(len(data.train)), device, 1)}
+                              "local_rows": per_rank(float(len(data.train)), device, 1),
+                              "pid": per_rank(float(os.getpid()), device, 1)}  # where each rank runs (fault tests)
         rt.commit(rec, prog.writer(rank, world, engine, rec))
 
     # final: the best weights on validation and test, on every rank (collectives)
