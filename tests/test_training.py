@@ -537,8 +537,14 @@ def test_corrupt_checkpoints_give_one_line_naming_the_file(finished_run, tmp_pat
     # a real torch file of another kind: the missing entries are named
     import torch
 
+    from fenrec_dist.train import layout
+
     run = _copy_run(finished_run, tmp_path / "foreign")
-    torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "checkpoint_000002" / "best.pt")
+    newest = run / "checkpoints" / "checkpoint_000002"
+    torch.save({"weights": torch.zeros(3)}, newest / "best.pt")
+    rc, _, err = _cli(capsys, "evaluate", str(run))  # it fails its manifest: the checkpoint before is scored
+    assert rc == 0 and json.loads((run / "final.json").read_text())["epochs_run"] == 1, err
+    layout.write_manifest(newest, 0)  # listed as if it were the file written
     rc, _, err = _cli(capsys, "evaluate", str(run))
     assert rc == 2 and "best.pt: not a fenrec checkpoint of this kind (missing model, epoch)" in err, err
 

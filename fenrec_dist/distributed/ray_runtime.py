@@ -17,8 +17,16 @@ from typing import Any, Iterator
 from fenrec_dist import comm as C
 from fenrec_dist.config import Config, config_from_dict
 from fenrec_dist.model.base import SequenceEncoder
+from fenrec_dist.train import layout
+from fenrec_dist.train.checkpoint import CheckpointError, StorageError
 from fenrec_dist.train.runtime import Engine, TorchEngine, WriteCheckpoint
 from fenrec_dist.train.trainer import fit
+
+
+def storage_uri(fs: Any, fs_path: str) -> str:
+    """``fs_path`` as the user wrote it: ``s3://...`` on S3, the path itself on a local disk."""
+    kind = getattr(fs, "type_name", "local")
+    return fs_path if kind == "local" else f"{kind}://{fs_path}"
 
 
 class RayRuntime:
@@ -26,10 +34,11 @@ class RayRuntime:
 
     progress = False
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, resume: bool = False) -> None:
         import ray.train.torch
 
         self.cfg = cfg
+        self.resume = resume  # the driver found a complete checkpoint in storage (driver.resume_point)
         self.rank, self.world_size = C.world()
         self.device = ray.train.torch.get_device()
 
@@ -50,12 +59,17 @@ class RayRuntime:
     def resume_from(self) -> Iterator[Path | None]:
         import ray.train
 
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
+        if ray.train.get_checkpoint() is None and not self.resume:  # none in storage: a fresh start
             yield None
             return
-        with ckpt.as_directory() as d:
-            yield Path(d)
+        storage = ray.train.get_context().get_storage()
+        shown = storage_uri(storage.storage_filesystem, storage.experiment_fs_path)
+        with layout.scan_storage(storage.storage_filesystem, storage.experiment_fs_path, shown) as (d, skipped):
+            for why in skipped:
+                self.log(f"resume: skipped {why}")
+            if d is None:
+                raise CheckpointError(f"{shown}: no complete checkpoint to resume from ({'; '.join(skipped)})")
+            yield d
 
     def commit(self, record: dict[str, Any], write: WriteCheckpoint) -> None:
         import ray.train
@@ -63,7 +77,16 @@ class RayRuntime:
 
         with tempfile.TemporaryDirectory() as tmp:
             write(Path(tmp))
-            ray.train.report(record, checkpoint=Checkpoint.from_directory(tmp))
+            layout.write_manifest(Path(tmp), self.rank)  # last: this rank's files, its ZeRO shard included
+            try:
+                ray.train.report(record, checkpoint=Checkpoint.from_directory(tmp))
+            except OSError as exc:  # pyarrow's upload: storage down, unwritable, full
+                storage = ray.train.get_context().get_storage()
+                shown = storage_uri(storage.storage_filesystem, storage.experiment_fs_path)
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise StorageError(f"{shown}: cannot write epoch {record['epoch']}'s checkpoint ({first}); the run "
+                                   f"stopped, the checkpoints before it are as they were: run the same command "
+                                   f"again once the storage takes writes") from exc
 
     def negatives_store(self) -> Any:
         import ray.train
@@ -80,6 +103,7 @@ class RayRuntime:
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config``: {"cfg": the run's Config as a dict}."""
+    """Ray Train entry point. ``config``: {"cfg": the run's Config as a dict, "resume": whether
+    the driver found a checkpoint to resume from}."""
     cfg = config_from_dict(config["cfg"])
-    fit(cfg, RayRuntime(cfg))
+    fit(cfg, RayRuntime(cfg, resume=bool(config.get("resume"))))

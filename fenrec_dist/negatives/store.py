@@ -11,7 +11,9 @@ Layout::
         (see ``index.REASONS``)
 
 Epoch directories are written to a temporary name and then moved into place, so a
-reader never sees half an epoch; only the newest ``index_keep`` are kept.
+reader never sees half an epoch; only the newest ``index_keep`` are kept. An object store
+(S3) cannot move a directory: there the files go straight into place, samples.parquet last,
+and an epoch counts once its samples.parquet is there.
 """
 
 from __future__ import annotations
@@ -81,7 +83,13 @@ class NegativesStore:
         """Epochs whose directory is complete, ascending."""
         infos = self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
         out = [int(m.group(1)) for i in infos if i.type == pafs.FileType.Directory and (m := EPOCH_RE.match(i.base_name))]
+        if not self._local:  # no directory moves: an epoch is there once its last file is
+            out = [e for e in out if self.fs.get_file_info(self._p(f"{epoch_dirname(e)}/samples.parquet")).is_file]
         return sorted(out)
+
+    @property
+    def _local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
 
     def save_epoch(self, epoch: int, index: faiss.Index, table: pa.Table) -> None:
         """Write index.faiss and samples.parquet, then move the directory into place."""
@@ -92,6 +100,13 @@ class NegativesStore:
             pq.write_table(table, d / "samples.parquet", compression="zstd")
             staging = self._p(f".tmp-{epoch_dirname(epoch)}")
             final = self._p(epoch_dirname(epoch))
+            if not self._local:  # an object store: each file is one whole object, samples.parquet last
+                if self.fs.get_file_info(final).type != pafs.FileType.NotFound:
+                    self.fs.delete_dir(final)
+                for name in ("index.faiss", "samples.parquet"):
+                    pafs.copy_files(str(d / name), f"{final}/{name}", source_filesystem=pafs.LocalFileSystem(),
+                                    destination_filesystem=self.fs)
+                return
             for p in (staging, final):
                 if self.fs.get_file_info(p).type != pafs.FileType.NotFound:
                     self.fs.delete_dir(p)

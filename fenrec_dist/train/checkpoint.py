@@ -36,6 +36,11 @@ class CheckpointError(DataError):
     """A checkpoint that is missing, unreadable, or not one ``save_state`` wrote."""
 
 
+class StorageError(DataError):
+    """Run storage (a run directory, ``distributed.storage_path``) that cannot be written or
+    read: one line naming the path; the checkpoints written before are left as they were."""
+
+
 def load_state(path: Path, map_location: str | torch.device = "cpu",
                keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """Load a checkpoint written by ``save_state`` without unpickling arbitrary objects

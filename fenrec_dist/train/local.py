@@ -21,7 +21,7 @@ import torch
 from fenrec_dist.config import Config, ConfigError, dump_yaml, load_config
 from fenrec_dist.model.base import SequenceEncoder
 from fenrec_dist.train import layout
-from fenrec_dist.train.checkpoint import CheckpointError, atomic_write_json, atomic_write_text
+from fenrec_dist.train.checkpoint import CheckpointError, StorageError, atomic_write_json, atomic_write_text
 from fenrec_dist.train.interrupts import deferred_interrupts
 from fenrec_dist.train.report import MetricsLog, drop_final, plot_curves, progress_line, read_metrics
 from fenrec_dist.train.runlock import run_lock
@@ -102,16 +102,29 @@ class LocalRuntime:
         with deferred_interrupts():  # the checkpoint and its metrics line: both or neither
             final = self.ckpt_dir / layout.checkpoint_name(record["epoch"] + 1)
             tmp = self.ckpt_dir / f".tmp-{final.name}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            write(tmp)
-            if final.exists():  # a redone epoch (resumed before its line was written)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            self.metrics.write(record)
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+                write(tmp)
+                layout.write_manifest(tmp, self.rank)  # last: what this rank wrote
+                if final.exists():  # a redone epoch (resumed before its line was written)
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                self.metrics.write(record)
+            except OSError as exc:
+                raise self._unwritable(exc, record["epoch"]) from exc
             keep = max(1, self.cfg.distributed.keep_checkpoints)
             for old in sorted(self.ckpt_dir.glob(layout.PREFIX + "*"))[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
         self.log(progress_line(record, self.cfg.train.epochs, self.cfg.eval.metric, self.cfg.train.patience))
+
+    def _unwritable(self, exc: OSError, epoch: int) -> StorageError:
+        """The one line of a run whose directory stopped taking writes at epoch ``epoch``'s commit."""
+        shutil.rmtree(self.ckpt_dir / f".tmp-{layout.checkpoint_name(epoch + 1)}", ignore_errors=True)
+        kept = layout.newest(layout.candidates(self.run_dir))
+        where = exc.filename or self.ckpt_dir
+        return StorageError(f"{where}: cannot write epoch {epoch}'s checkpoint ({exc.strerror or type(exc).__name__}); "
+                            f"the run stopped, its last checkpoint {kept or '(none)'} is intact: resume with "
+                            f"`fenrec train --resume {self.run_dir} --local` once {self.run_dir} takes writes again")
 
     def negatives_store(self) -> Any:
         from fenrec_dist.negatives.store import NegativesStore
