@@ -99,6 +99,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(f"resume: {key} {old!r} -> {new!r} (saved to {run_dir / 'config.yaml'})", file=sys.stderr)
     else:
         cfg = load_config(args.config, args.overrides)
+        if not args.local and not args.out and cfg.distributed.name:
+            # distributed.storage_path/distributed.name, as ray_job.py: the same command again
+            # resumes from the newest complete checkpoint in that storage (its first line says so)
+            from fenrec_dist.distributed.driver import run_distributed
+
+            print(json.dumps(run_distributed(cfg, None, address=args.address)["test"]))
+            return 0
         run_dir = Path(args.out) if args.out else Path("runs") / f"{Path(args.config or 'default').stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (run_dir / "config.yaml").exists():
             if not _finished_no_epoch(run_dir):
@@ -246,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (Ray Train workers; --local for one process without Ray)")
     _add_config_args(p)
-    p.add_argument("--out", help="run directory (default runs/<config>-<time>)")
+    p.add_argument("--out", help="run directory (default runs/<config>-<time>; on Ray with distributed.name set: "
+                                 "distributed.storage_path/distributed.name, and the same command again resumes)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its last checkpoint with its saved config; --set may "
                         "change only how it runs (train.threads, train.device, train.epochs, ...: "

@@ -168,8 +168,9 @@ def test_evaluate_rescores_the_best_checkpoint(tiny_data, tmp_path, capsys, monk
     script = iter([0.9, 0.1])  # epoch 0 validates best, so the best weights are not the last
     real = single.evaluate
     with monkeypatch.context() as mp:
-        mp.setattr(single, "evaluate", lambda m, d, c, split, dev: (
-            real(m, d, c, split, dev) if split == "test" else {**real(m, d, c, split, dev), "NDCG@20": next(script, 0.0)}))
+        mp.setattr(single, "evaluate", lambda m, d, c, split, dev, *ix: (
+            real(m, d, c, split, dev, *ix) if split == "test"
+            else {**real(m, d, c, split, dev, *ix), "NDCG@20": next(script, 0.0)}))
         final = train_local(load_config(None, tiny_overrides(tiny_data, train__epochs=2)), run, log=lambda *_: None)
     ckpt = run / "checkpoints" / "checkpoint_000002"
     assert final["best_epoch"] == 0 and load_state(ckpt / "state.pt")["epoch"] == 2
@@ -250,3 +251,24 @@ def test_gpu_requests_this_machine_cannot_meet_exit_2_before_anything_starts(tin
     check_embedded_gpus(cfg, address="ray://head:10001")  # a cluster: not checked
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     check_embedded_gpus(cfg)  # 2 workers, 2 GPUs
+
+
+def test_fenrec_train_on_ray_with_a_run_name_uses_its_storage_as_ray_job_does(tiny_data, tmp_path, monkeypatch, capsys):
+    """`fenrec train` (Ray) with distributed.name and no --out trains into
+    distributed.storage_path/distributed.name, so the same command again resumes there."""
+    from conftest import tiny_overrides
+    from fenrec_dist.distributed import driver
+
+    seen = []
+
+    def fake(cfg, run_dir, address=None, log=print):
+        seen.append((run_dir, driver.resolve_run(cfg, run_dir)[0]))
+        return {"test": {"NDCG@20": 0.5}}
+
+    monkeypatch.setattr(driver, "run_distributed", fake)
+    sets = [x for o in tiny_overrides(tiny_data, distributed__name="job1",
+                                      distributed__storage_path=str(tmp_path / "store")) for x in ("--set", o)]
+    assert main(["train", *sets]) == 0
+    assert main(["train", *sets]) == 0  # no "already holds a run": the driver resumes
+    assert seen == [(None, tmp_path / "store" / "job1")] * 2
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"NDCG@20": 0.5}

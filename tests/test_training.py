@@ -155,9 +155,9 @@ class ScriptedValid:
         self.keys: list[bytes] = []
         real = single.evaluate
 
-        def fake(model, data, cfg, split, device):
+        def fake(model, data, cfg, split, device, *index):
             if split != "valid":
-                return real(model, data, cfg, split, device)
+                return real(model, data, cfg, split, device, *index)
             key = _weights_key(model)
             if key not in self.by_weights:
                 e = len(self.keys)
