@@ -72,7 +72,8 @@ def child(args: argparse.Namespace) -> dict:
     base = rss_mib()
     n_items, mode, b = args.size, args.mode, args.batch
     sets = [f"loss.rec_softmax={mode}", f"loss.sampled_random={args.random}", "loss.sampled_popularity=true",
-            f"loss.sampled_mined={args.mined}"] + ([f"negatives.item_index_nprobe={args.nprobe}"] if args.nprobe else [])
+            f"loss.sampled_mined={args.mined}"] + ([f"negatives.item_index_nprobe={args.nprobe}"] if args.nprobe else []) \
+        + ([f"negatives.item_index_nlist={args.nlist}"] if args.nlist else [])
     cfg = load_config(ROOT / "configs" / "beauty.yaml", sets)
     rng = np.random.default_rng(0)
     pop = 1.0 / np.arange(1, n_items + 1) ** 1.1
@@ -165,6 +166,7 @@ def child(args: argparse.Namespace) -> dict:
         "loss_last": float(parts.total.detach()), "touched_rows_mean": float(np.mean(touched)) if touched else None,
         "index_kind": index.kind if index is not None else None, "index_refresh_s": refresh_s,
         "nprobe": (min(index.index.nprobe, index.index.nlist) if index is not None and index.kind == "ivf" else None),
+        "nlist": (index.index.nlist if index is not None and index.kind == "ivf" else None),
         "mined_recall_of_exact": mined_recall,
         "peak_rss_mib": peak,
         "breakdown_mib": {"process_before_model": base, "item_table": table_mib, "optimizer_state": opt_mib,
@@ -182,6 +184,8 @@ def main() -> int:
     ap.add_argument("--random", type=int, default=1024)
     ap.add_argument("--mined", type=int, nargs="+", default=[0, 64, 256])
     ap.add_argument("--nprobe", type=int, nargs="+", help="IVF lists per search (default: the config's)")
+    ap.add_argument("--nlist", type=int, default=0,
+                    help="IVF lists of the item index (negatives.item_index_nlist; default: the config's, about sqrt(I))")
     ap.add_argument("--full-sizes", type=int, nargs="+", help="sizes of the full runs (default: --sizes)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "scale" / "results" / "catalogue.json"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -206,6 +210,7 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--child", "--size", str(size), "--mode", mode, "--steps", str(args.steps),
                    "--batch", str(args.batch), "--random", str(args.random), "--mined", str(k)]
             cmd += ["--nprobe", str(p)] if p else []
+            cmd += ["--nlist", str(args.nlist)] if args.nlist else []
             t0 = time.perf_counter()
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
