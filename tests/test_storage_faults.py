@@ -357,3 +357,10 @@ def test_s3_going_down_mid_run_stops_the_run_with_one_line_and_it_resumes_once_b
     assert again["epochs_run"] == 3
     stored = client.get_object(Bucket="fenrec", Key="runs/down/metrics.jsonl")["Body"].read().decode()
     assert [json.loads(line)["epoch"] for line in stored.splitlines()] == [0, 1, 2]
+    # the interrupted run on S3 ends where an uninterrupted one on a local path does
+    ray.shutdown()
+    clean = _ray_run(tiny_data, tmp_path / "clean", distributed__max_failures=0)
+    assert again["best_epoch"] == clean["best_epoch"]
+    for split in ("valid", "test"):
+        for k, v in clean[split].items():
+            assert again[split][k] == pytest.approx(v, abs=1e-6), (split, k)
