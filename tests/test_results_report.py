@@ -285,3 +285,22 @@ def test_results_code_imports_no_trainer_ray_or_torch():
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_collect_with_checkpoint_keeps_only_the_newest_checkpoint_directory(tmp_path):
+    """A run of today's layout keeps several checkpoint_NNNNNN directories; resuming needs the
+    newest, so only it goes into results/ (and back out with restore)."""
+    run, results = _fake_run_dir(tmp_path, final=False), tmp_path / "results"
+    shutil.rmtree(run / "checkpoints")
+    for n in (1, 2, 3):
+        d = run / "checkpoints" / f"checkpoint_{n:06d}"
+        d.mkdir(parents=True)
+        for f in ("state.pt", "best.pt", "rng_rank0.pt"):
+            (d / f).write_bytes(f"{f}{n}".encode())
+    (run / "checkpoints" / ".tmp-checkpoint_000004").mkdir()  # one being written: never copied
+    dest = collect(run, results, "beauty", "fast-s1", checkpoint=True, log=lambda *_: None)
+    kept = sorted(str(p.relative_to(dest)) for p in (dest / "checkpoints").rglob("*") if p.is_file())
+    assert kept == [f"checkpoints/checkpoint_000003/{f}" for f in ("best.pt", "rng_rank0.pt", "state.pt")]
+    assert json.loads((dest / "run.json").read_text())["checkpoint"] == kept
+    back = restore(dest, tmp_path / "again", log=lambda *_: None)
+    assert (back / "checkpoints" / "checkpoint_000003" / "state.pt").read_bytes() == b"state.pt3"

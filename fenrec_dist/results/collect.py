@@ -2,8 +2,9 @@
 
 ``collect`` copies the small files of a run directory made by ``fenrec train`` into
 ``results/<dataset>/<name>/`` and writes ``run.json`` beside them; with ``checkpoint=True``
-it also copies the run's checkpoints (``checkpoints/`` whole, whatever the trainer keeps in it,
-and today's Ray Train ``checkpoint_*/`` directories), so that a run in progress can be
+it also copies the run's newest complete checkpoint (a ``checkpoint_NNNNNN`` directory of
+``checkpoints/``, or today's Ray Train ``checkpoint_*/``; ``checkpoints/`` whole for the earlier
+one-process layout), so that a run in progress can be
 committed and resumed on another machine with ``restore``. Collecting the same run again
 replaces its folder: collecting a finished run without ``--checkpoint`` drops the checkpoint.
 
@@ -81,6 +82,19 @@ def _checkpoint_sources(run_dir: Path) -> list[Path]:
     found = [run_dir / CHECKPOINTS] if (run_dir / CHECKPOINTS).is_dir() else []
     found += sorted(d for d in run_dir.glob(RAY_CHECKPOINT_GLOB) if d.is_dir())
     return [d for d in found if any(p.is_file() for p in d.rglob("*"))]
+
+
+def _newest_checkpoint(run_dir: Path, sources: list[Path]) -> list[tuple[Path, Path]]:
+    """(folder, its path in the collected run) to copy: only the newest checkpoint directory
+    holding a state (``checkpoint_NNNNNN`` by number: the trainers rename a checkpoint into place
+    when it is whole, and resume still checks it), which is all a resume needs; every source
+    folder whole for a run of the earlier one-process layout (``checkpoints/last.pt``)."""
+    found = [d for src in sources for d in ([src] if src.name.startswith("checkpoint_") else src.glob("checkpoint_*"))
+             if d.is_dir() and (d / "state.pt").is_file()]
+    if not found:
+        return [(src, Path(src.name)) for src in sources]
+    newest = max(found, key=lambda d: (d.name, d.parent != run_dir))
+    return [(newest, newest.relative_to(run_dir))]
 
 
 def _copy_tree(src: Path, dst: Path, tries: int = 3) -> int:
@@ -193,9 +207,9 @@ def collect(run_dir: str | Path, results: str | Path, dataset: str, name: str, *
     try:
         copied: list[str] = []
         size = 0
-        for src in ckpts:  # before metrics.jsonl: see the module docs
-            size += _copy_tree(src, stage / src.name)
-            copied += sorted(str(p.relative_to(stage)) for p in (stage / src.name).rglob("*") if p.is_file())
+        for src, rel in _newest_checkpoint(run_dir, ckpts):  # before metrics.jsonl: see the module docs
+            size += _copy_tree(src, stage / rel)
+            copied += sorted(str(p.relative_to(stage)) for p in (stage / rel).rglob("*") if p.is_file())
         for fname in (CONFIG, FINAL, METRICS):
             if (run_dir / fname).is_file():
                 copy_file(run_dir / fname, stage / fname)
