@@ -28,8 +28,8 @@ Test metrics of each run's best-validation checkpoint (full ranking over the cat
 mean ± sample standard deviation over the seeds of a preset. Epochs to best: epochs trained up to and including \
 the best checkpoint (early stopping and model selection on validation NDCG@20), per seed. Time to best: seconds of \
 those epochs (training, clustering and validation; `time.epoch` of metrics.jsonl), mean over seeds; elapsed to best \
-adds start-up and the pauses between resumed sessions. Published: the strongest baseline per dataset (FENREC.md); \
-FENRec claims about 6.16% over it on average.
+adds start-up and the pauses between a run's resumed starts. Published: the strongest baseline per dataset, as the \
+FENRec paper reports it; FENRec claims about 6.16% over it on average.
 
 | Dataset | Preset | Seeds | Epochs to best | Time to best | HR@5 | HR@10 | HR@20 | NDCG@5 | NDCG@10 | NDCG@20 | MRR |
 | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |

@@ -199,8 +199,8 @@ def render_block(runs: Sequence[Run], png_link: str | None, results_name: str = 
                 "epochs trained up to and including the best checkpoint (early stopping and model selection on "
                 f"validation {CURVE_METRIC}), per seed. Time to best: seconds of those epochs (training, "
                 "clustering and validation; `time.epoch` of metrics.jsonl), mean over seeds; elapsed to best "
-                "adds start-up and the pauses between resumed sessions. Published: the strongest baseline "
-                f"per dataset (FENREC.md); FENRec claims about {FENREC_CLAIMED_GAIN_PCT:g}% over it on average."]
+                "adds start-up and the pauses between a run's resumed starts. Published: the strongest baseline "
+                f"per dataset, as the FENRec paper reports it; FENRec claims about {FENREC_CLAIMED_GAIN_PCT:g}% over it on average."]
     if groups:
         out += [""] + results_table(groups)
     else:
