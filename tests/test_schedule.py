@@ -54,10 +54,10 @@ def test_cosine_without_warmup_starts_at_one_and_reaches_zero_floor():
 def test_fast_preset_schedule():
     cfg = load_config(ROOT / "configs" / "beauty-fast.yaml").train
     assert (cfg.lr, cfg.lr_warmup_epochs, cfg.lr_schedule, cfg.lr_min_ratio, cfg.epochs) == \
-        (0.003, 2, "cosine", 0.05, 40)
-    assert lr_factor(0, 0, 514, cfg) == 1 / 1028
-    assert lr_factor(1, 513, 514, cfg) == 1.0
-    assert lr_factor(21, 0, 514, cfg) == pytest.approx(0.525, abs=1e-12)         # halfway through epochs 2..39
+        (0.005, 1, "cosine", 0.02, 40)
+    assert lr_factor(0, 0, 514, cfg) == 1 / 514
+    assert lr_factor(0, 513, 514, cfg) == 1.0
+    assert lr_factor(20, 257, 514, cfg) == pytest.approx(0.51, abs=1e-12)        # halfway through epochs 1..39
 
 
 @pytest.mark.parametrize("args", [(0, 0, 0), (0, 4, 4), (0, -1, 4), (-1, 0, 4)])
@@ -94,9 +94,9 @@ def test_fast_presets_keep_the_reference_model_and_losses(name):
     ref, fast = load_config(ROOT / "configs" / f"{name}.yaml"), load_config(ROOT / "configs" / f"{name}-fast.yaml")
     for section in ("data", "model", "loss", "intents", "eval"):
         assert getattr(ref, section) == getattr(fast, section), section
-    assert dataclasses.replace(fast.negatives, warmup_epochs=20) == ref.negatives
+    assert dataclasses.replace(fast.negatives, warmup_epochs=ref.negatives.warmup_epochs) == ref.negatives
     assert (ref.train.lr, ref.train.epochs, ref.train.lr_schedule, ref.train.lr_warmup_epochs) == \
         (1e-3, 400, "constant", 0)
     assert (fast.train.lr, fast.train.epochs, fast.train.patience, fast.train.batch_size, fast.negatives.warmup_epochs,
             fast.train.lr_warmup_epochs, fast.train.lr_schedule, fast.train.lr_min_ratio) == \
-        (0.003, 40, 10, 256, 5, 2, "cosine", 0.05)
+        (0.005, 40, 10, 256, 15, 1, "cosine", 0.02)
