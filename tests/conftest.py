@@ -40,3 +40,13 @@ def tiny_overrides(data: Path, **extra: object) -> list[str]:
     }
     base.update({k.replace("__", "."): v for k, v in extra.items()})
     return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture
+def local_ray():
+    """No Ray before or after the test (each Ray Train run starts its own embedded Ray)."""
+    import ray
+
+    ray.shutdown()
+    yield
+    ray.shutdown()

@@ -22,15 +22,6 @@ from fenrec_dist.train.report import read_metrics
 pytestmark = [pytest.mark.ray]
 
 
-@pytest.fixture
-def local_ray():
-    import ray
-
-    ray.shutdown()
-    yield
-    ray.shutdown()
-
-
 def _run(data, run_dir, **kw):
     from fenrec_dist.distributed.driver import run_distributed
 

@@ -107,15 +107,6 @@ def test_local_resume_skips_a_corrupt_newest_checkpoint_and_matches_uninterrupte
     assert resumed["test"] == full["test"] and resumed["best_epoch"] == full["best_epoch"]
 
 
-@pytest.fixture
-def local_ray():
-    import ray
-
-    ray.shutdown()
-    yield
-    ray.shutdown()
-
-
 def _ray_run(data, run_dir, **kw):
     from fenrec_dist.distributed.driver import run_distributed
 

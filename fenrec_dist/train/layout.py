@@ -30,7 +30,6 @@ can be evaluated, not resumed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -41,6 +40,7 @@ from typing import Any, Iterator
 import pyarrow.fs as pafs
 import torch
 
+from fenrec_dist.data.prepare import sha256_file
 from fenrec_dist.train.checkpoint import CheckpointError, atomic_write_json, load_state, save_state
 
 FORMAT = 3  # 3: with manifests (2: without, still resumed)
@@ -56,14 +56,6 @@ def manifest_name(rank: int) -> str:
     return f"manifest_rank{rank}.json"
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_manifest(d: Path, rank: int) -> None:
     """Write ``manifest_rankR.json``: every file under ``d`` (this rank's own directory) but
     manifests -> {size, sha256}. Called last, after the rank's files (DeepSpeed's included)."""
@@ -71,7 +63,7 @@ def write_manifest(d: Path, rank: int) -> None:
     for f in sorted(p for p in d.rglob("*") if p.is_file()):
         rel = f.relative_to(d).as_posix()
         if not rel.startswith("manifest_rank"):
-            files[rel] = {"size": f.stat().st_size, "sha256": sha256(f)}
+            files[rel] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
     atomic_write_json(d / manifest_name(rank), {"rank": rank, "files": files})
 
 
@@ -92,7 +84,7 @@ def manifest_reason(d: Path, rank: int, checksums: bool = True) -> str | None:
             return f"{f}: missing (listed in {p.name})"
         if f.stat().st_size != size:
             return f"{f}: {f.stat().st_size} bytes, {p.name} lists {size} (cut short or changed)"
-        if checksums and sha256(f) != digest:
+        if checksums and sha256_file(f) != digest:
             return f"{f}: sha256 differs from {p.name} (corrupt or changed)"
     return None
 

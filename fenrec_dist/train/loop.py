@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -237,19 +237,24 @@ def split_ranks(
 ) -> torch.Tensor:
     """long [U]: the 0-based full-ranking rank (``metrics.target_ranks``) of each of the table's
     users' ``split`` target ('valid' or 'test'), history excluded, in the table's user order."""
+    items = encoder.item_weights().detach().float()
+    ranks = [target_ranks(torch.from_numpy(reprs).to(device), items, targets, ex, item_chunk).cpu()
+             for _, reprs, targets, ex in _eval_batches(encoder, table, split, max_len, batch_size, device)]
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
+def _eval_batches(encoder: SequenceEncoder, table: EvalTable, split: str, max_len: int, batch_size: int,
+                  device: torch.device) -> Iterator[tuple[slice, np.ndarray, torch.Tensor, torch.Tensor]]:
+    """The ``split``'s users in batches, in table order: (their rows, representations float32
+    [b, d], targets long [b] and history long [b, H] to exclude, 0-padded, on ``device``)."""
     inputs = table.inputs(split, max_len)
     targets = table.valid if split == "valid" else table.test
     ex_values, ex_offsets = table.exclude(split)
     reprs = embed(encoder, inputs, batch_size, device)
-    items = encoder.item_weights().detach().float()
-    ranks = []
     for i in range(0, len(inputs), batch_size):
         j = min(i + batch_size, len(inputs))
-        ranks.append(target_ranks(
-            torch.from_numpy(reprs[i:j]).to(device), items, to_tensor(targets[i:j], device),
-            to_tensor(exclude_block(ex_values, ex_offsets, i, j), device), item_chunk,
-        ).cpu())
-    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+        yield (slice(i, j), reprs[i:j], to_tensor(targets[i:j], device),
+               to_tensor(exclude_block(ex_values, ex_offsets, i, j), device))
 
 
 @torch.no_grad()
@@ -278,19 +283,13 @@ def ann_split_ranks(
         (ranks long [U] in the table's user order, sum of the recall rows' recall of the exact
         top-20, number of recall rows).
     """
-    inputs = table.inputs(split, max_len)
-    targets = table.valid if split == "valid" else table.test
-    ex_values, ex_offsets = table.exclude(split)
-    reprs = embed(encoder, inputs, batch_size, device)
     items = encoder.item_weights().detach().float()
     ranks, recall, n_recall = [], 0.0, 0
-    for i in range(0, len(inputs), batch_size):
-        j = min(i + batch_size, len(inputs))
-        ex = to_tensor(exclude_block(ex_values, ex_offsets, i, j), device)
-        _, cand = index.search(reprs[i:j], max(depth, ANN_RECALL_K) + ex.shape[1])
-        q, cand_t = torch.from_numpy(reprs[i:j]).to(device), torch.from_numpy(cand).to(device)
-        ranks.append(candidate_ranks(q, items, cand_t, to_tensor(targets[i:j], device), ex, items.shape[0] - 1).cpu())
-        rows = torch.from_numpy(np.flatnonzero(recall_rows[i:j])).to(device)
+    for at, reprs, targets, ex in _eval_batches(encoder, table, split, max_len, batch_size, device):
+        _, cand = index.search(reprs, max(depth, ANN_RECALL_K) + ex.shape[1])
+        q, cand_t = torch.from_numpy(reprs).to(device), torch.from_numpy(cand).to(device)
+        ranks.append(candidate_ranks(q, items, cand_t, targets, ex, items.shape[0] - 1).cpu())
+        rows = torch.from_numpy(np.flatnonzero(recall_rows[at])).to(device)
         if len(rows):
             exact = topk_items(q[rows], items, ex[rows], ANN_RECALL_K, item_chunk)[1]
             recall += float(overlap_recall(first_kept(cand_t[rows], ex[rows], ANN_RECALL_K), exact).sum())
