@@ -141,6 +141,12 @@ def test_node_lost_mid_epoch_resumes_on_a_node_added_back(cluster, clean, tiny_d
     thread = threading.Thread(target=train, daemon=True)
     thread.start()
     text = _wait_for(marker, thread.is_alive)
+    # epoch 0's checkpoint registered by the controller (its metrics line): else the restart
+    # rightly begins at epoch 0, which is not the fault this test injects
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "run" / "metrics.jsonl").exists() or not read_metrics(tmp_path / "run"):
+        assert time.monotonic() < deadline, "epoch 0 was never recorded"
+        time.sleep(0.2)
     node = _node_of(cluster, int(text.rsplit("pid", 1)[1]))
     cluster.remove_node(node, allow_graceful=False)  # the node of rank 1, held in the middle of epoch 1
     added = cluster.add_node(**NODE)  # a node back (an autoscaler's, a replaced spot node)

@@ -312,10 +312,10 @@ def no_room(exc: BaseException, cfg: Config) -> NoRoomError | None:
 def finish_run(result: Any, run: RunPaths, cfg: Config) -> dict[str, Any]:
     """curves.png, and final.json's content (written by the progress callback from the workers'
     final report)."""
-    from fenrec_dist.distributed.storage import storage_failure
+    from fenrec_dist.distributed.storage import storage_down
 
     final_path = run.local_dir / "final.json"
-    if (lost := storage_failure(result.error)) is not None:
+    if (lost := storage_down(result.error, run.storage, run.name)) is not None:
         raise lost  # one line naming the storage path
     if result.error is not None or not final_path.is_file():
         raise RuntimeError(f"training ended without final metrics (error: {result.error})")
@@ -345,9 +345,9 @@ def run_distributed(cfg: Config, run_dir: str | Path | None = None, address: str
         try:
             result = trainer.fit()
         except Exception as exc:
-            from fenrec_dist.distributed.storage import storage_failure
+            from fenrec_dist.distributed.storage import storage_down
 
-            raise storage_failure(exc) or no_room(exc, cfg) or exc  # storage lost: its one line
+            raise storage_down(exc, run.storage, run.name) or no_room(exc, cfg) or exc  # storage lost: its one line
         final = finish_run(result, run, cfg)
     log("test  " + " ".join(f"{k}={v:.4f}" for k, v in final["test"].items()) + f"  (best epoch {final['best_epoch']})")
     return final

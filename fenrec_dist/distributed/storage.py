@@ -112,5 +112,29 @@ def storage_failure(error: BaseException | None) -> StorageError | None:
     return None
 
 
+def storage_down(error: BaseException | None, storage: str, name: str) -> StorageError | None:
+    """A worker's ``StorageError`` inside ``error`` (``storage_failure``), or, when Ray Train's
+    own controller failed (it writes its checkpoint snapshot to the same storage) and the run's
+    storage no longer answers, one line naming ``STORAGE/NAME``; None otherwise."""
+    if error is None:
+        return None
+    if (lost := storage_failure(error)) is not None:
+        return lost
+    uri = f"{storage.rstrip('/')}/{name}"
+    try:
+        if is_uri(storage):
+            remote = RunFiles(storage, name)
+            remote.fs.get_file_info(remote.base)
+        elif Path(uri).is_dir():  # a local path that is there and no longer takes writes
+            probe = Path(uri) / ".fenrec-write-probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+    except (OSError, StorageError) as exc:
+        cause = _first(exc.__cause__ or exc)
+        return StorageError(f"{uri}: storage not reachable ({cause}); the run stopped, the checkpoints before it are "
+                            f"as they were: run the same command again once the storage takes writes")
+    return None
+
+
 def _first(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
