@@ -235,6 +235,40 @@ def _keys(client, prefix: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
+def test_join_uri_keeps_a_query_at_the_end():
+    from fenrec_dist.distributed.storage import join_uri
+
+    assert join_uri("s3://b/p?endpoint_override=127.0.0.1:9&scheme=http", "run") == \
+        "s3://b/p/run?endpoint_override=127.0.0.1:9&scheme=http"
+    assert join_uri("s3://b/p/", "run") == "s3://b/p/run"
+    assert join_uri("/data/runs/", "run") == "/data/runs/run"
+
+
+def test_a_controller_failure_with_storage_down_is_the_storages_one_line(tmp_path, monkeypatch):
+    """Ray Train's controller writes its own snapshot to the run's storage; when that fails the
+    run's error is Ray's, not a worker's: the driver probes the storage and names it."""
+    from fenrec_dist.distributed.storage import storage_down
+    from fenrec_dist.train.checkpoint import StorageError
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    controller = RuntimeError("Training failed due to controller error:\nWhen initiating multiple part upload ...")
+    down = storage_down(controller, "s3://fenrec/runs?endpoint_override=127.0.0.1:9&scheme=http", "down")
+    assert isinstance(down, StorageError)
+    msg = str(down)
+    assert "\n" not in msg and msg.startswith("s3://fenrec/runs/down?endpoint_override=127.0.0.1:9") and \
+        "storage not reachable" in msg and "run the same command again" in msg, msg
+    # a worker's own StorageError is that line, as it is
+    mine = StorageError("s3://x/y: cannot write epoch 3's checkpoint")
+    wrapped = RuntimeError("worker failed")
+    wrapped.__cause__ = mine
+    assert storage_down(wrapped, "s3://x", "y") is mine
+    # storage that answers: the error is not storage's
+    (tmp_path / "run").mkdir()
+    assert storage_down(controller, str(tmp_path), "run") is None
+    assert storage_down(None, str(tmp_path), "run") is None
+
+
 def test_a_storage_path_with_credentials_is_refused_without_echoing_them(tiny_data, tmp_path, monkeypatch):
     from fenrec_dist.config import ConfigError
     from fenrec_dist.distributed.driver import prepare_run, worker_env

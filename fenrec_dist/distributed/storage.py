@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
@@ -31,6 +31,14 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "final.json")
 
 def is_uri(storage: str) -> bool:
     return "://" in storage
+
+
+def join_uri(storage: str, name: str) -> str:
+    """``STORAGE/NAME``, a URI's query (``?endpoint_override=...``) kept at its end."""
+    if not is_uri(storage):
+        return f"{storage.rstrip('/')}/{name}"
+    parts = urlsplit(storage)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
 
 
 def check_storage_path(storage: str) -> None:
@@ -57,7 +65,7 @@ class RunFiles:
     pyarrow filesystem. Errors are one-line ``StorageError``s naming the object."""
 
     def __init__(self, storage: str, name: str) -> None:
-        self.uri = f"{storage.rstrip('/')}/{name}"
+        self.uri = join_uri(storage, name)
         try:
             self.fs, self.base = pafs.FileSystem.from_uri(self.uri)
         except (OSError, ValueError) as exc:
@@ -120,7 +128,7 @@ def storage_down(error: BaseException | None, storage: str, name: str) -> Storag
         return None
     if (lost := storage_failure(error)) is not None:
         return lost
-    uri = f"{storage.rstrip('/')}/{name}"
+    uri = join_uri(storage, name)
     try:
         if is_uri(storage):
             remote = RunFiles(storage, name)
