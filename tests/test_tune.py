@@ -38,10 +38,10 @@ def _write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
 # --------------------------------------------------------------------------- the space files
 
 
-@pytest.mark.parametrize("name", ["quick", "soft_label", "negatives", "contrast"])
+@pytest.mark.parametrize("name", ["quick", "soft_label", "negatives", "contrast", "fast"])
 def test_shipped_spaces_parse_and_validate(name):
     space = load_space(SPACES / f"{name}.yaml")
-    config = ROOT / "configs" / ("demo.yaml" if name == "quick" else "beauty.yaml")
+    config = ROOT / "configs" / {"quick": "demo.yaml", "fast": "beauty-fast.yaml"}.get(name, "beauty.yaml")
     base = base_config(config, [], space)
     validate_space(space, base)  # every candidate value passes the config's own checks
     assert space.metric == "NDCG@20" and space.mode == "max"
@@ -57,6 +57,16 @@ def test_issue_parameters_are_in_the_spaces():
     assert {"negatives.hard_weight", "negatives.lam_min", "negatives.lam_max", "negatives.noise_ratio",
             "negatives.index_weight"} <= params["negatives"]
     assert params["contrast"] == {"loss.lambda_coarse", "loss.beta_fine", "negatives.tau", "negatives.margin"}
+
+
+def test_fast_space_runs_asha_to_the_fast_presets_epochs():
+    """The fast sweep: gamma and the negative weights, judged first 5 epochs after the hard
+    negatives start, up to the preset's 40 epochs (max_t left to train.epochs)."""
+    space = load_space(SPACES / "fast.yaml")
+    base = base_config(ROOT / "configs" / "beauty-fast.yaml", [], space)
+    assert {"loss.gamma", "negatives.hard_weight", "negatives.noise_ratio"} <= set(space.params)
+    assert space.scheduler.max_t is None and base.train.epochs == 40
+    assert base.negatives.warmup_epochs < space.scheduler.grace_period < base.train.epochs
 
 
 def test_unknown_parameter_is_rejected_naming_file_and_parameter(tmp_path):
