@@ -31,19 +31,21 @@ ICSREC_BEAUTY = {"HR@5": 0.0698, "HR@20": 0.1298, "NDCG@5": 0.0494, "NDCG@20": 0
 
 
 def per_user(run_dir: Path):  # type: ignore[no-untyped-def]
-    """{metric: float64 [U]} of the best checkpoint's test ranks, and the metric names in order."""
+    """{metric: float64 [U]} of the best checkpoint's test ranks, and the metric names in order.
+    The best weights of the run's newest complete checkpoint (either runtime's layout)."""
     import torch
 
-    from fenrec_dist.data.dataset import load_prepared
-    from fenrec_dist.train.checkpoint import load_state
+    from fenrec_dist.data.shards import load_rank_data
+    from fenrec_dist.train import layout
+    from fenrec_dist.train.local import load_run_config
     from fenrec_dist.train.loop import split_ranks
-    from fenrec_dist.train.single import build_model, load_run_config, resolve_device
+    from fenrec_dist.train.trainer import build_model, resolve_device
 
     cfg = load_run_config(run_dir)
     device = resolve_device(cfg.train.device)
-    data = load_prepared(cfg.data.path, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
-    model = build_model(cfg, data, device)
-    model.load_state_dict(load_state(run_dir / "checkpoints" / "best.pt", map_location=device)["model"])
+    data = load_rank_data(cfg.data.path, 0, 1, max_len=cfg.data.max_len, horizon=cfg.data.horizon)
+    model = build_model(cfg, data.num_items, data.max_len, device)
+    model.load_state_dict(layout.best_weights(run_dir, map_location=device)[0])
     r = split_ranks(model, data.eval, "test", data.max_len, cfg.eval.batch_size, cfg.eval.item_chunk,
                     device).double()
     out = {}
@@ -66,9 +68,6 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "accuracy" / "results" / "test_uncertainty.json"))
     args = ap.parse_args()
     run = Path(args.run_dir)
-    if not (run / "checkpoints" / "best.pt").exists():
-        print(f"skip: {run} has no best checkpoint")
-        return 0
     mine = per_user(run)
     users = int(next(iter(mine.values())).numel())
     res: dict = {"command": " ".join(sys.argv), "run": str(run), "test_users": users, "metrics": {}}
