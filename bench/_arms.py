@@ -43,7 +43,13 @@ class Arm:
         self.step = self.loop.torch_step(self.model, self.opt)
         self.loss_fn = mod("losses.fenrec").FENRecLoss(cfg.loss, cfg.negatives)
         self.partners = mod("train.batches").PartnerIndex.build(self.data.train.target, self.data.num_items)
-        self.intents = mod("intents").IntentClusters(centroids) if centroids is not None else None
+        self.intents = None
+        if centroids is not None:
+            try:  # negatives/intents.py since ec29aac
+                intents = mod("negatives.intents")
+            except ModuleNotFoundError:  # a baseline revision from before it
+                intents = mod("intents")
+            self.intents = intents.IntentClusters(centroids)
 
     def run(self, batch, seed: int) -> tuple[float, dict]:  # type: ignore[no-untyped-def]
         self.torch.manual_seed(seed)  # dropout draws

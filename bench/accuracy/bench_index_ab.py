@@ -50,6 +50,7 @@ def main() -> int:
     import yaml
 
     from fenrec_dist.data.prepare import prepare
+    from fenrec_dist.train import layout
     from fenrec_dist.train.report import read_metrics
 
     work = Path(args.workdir)
@@ -61,10 +62,12 @@ def main() -> int:
     base = work / "warmup"
     t0 = time.perf_counter()
     warmup = args.warmup
-    if args.reuse_partial_warmup and (base / "checkpoints" / "last.pt").exists():
-        import torch
-
-        warmup = int(torch.load(base / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")["epoch"])
+    newest = None  # the warm-up run's newest complete checkpoint (an earlier layout's last.pt converted first)
+    if args.reuse_partial_warmup and base.is_dir():
+        layout.upgrade_legacy(base)
+        newest = layout.newest(layout.candidates(base))
+    if newest is not None:
+        warmup = layout.checkpoint_epoch(newest)  # epochs the warm-up finished
     elif not (base / "final.json").exists():
         shutil.rmtree(base, ignore_errors=True)
         subprocess.run(fenrec + ["train", "--local", "--config", args.config, "--out", str(base),

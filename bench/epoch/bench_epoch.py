@@ -4,8 +4,9 @@
     .venv/bin/python bench/epoch/bench_epoch.py [--data ../shared/data/Beauty.txt] [--threads 2] [--set k=v ...]
                                           [--baseline REV]
 
-Prepares Beauty into a temp dir, then runs one epoch of the single-process path with
-``negatives.warmup_epochs=0`` (so the epoch takes the post-warm-up path), including the
+Prepares Beauty into a temp dir, then runs one epoch of the single-process path
+(``train.local.train_local``, the one trainer; ``train.single`` at a baseline revision from
+before it) with ``negatives.warmup_epochs=0`` (so the epoch takes the post-warm-up path), including the
 intent clustering pass and validation, and reports each phase, samples/s and the peak RSS
 of the whole process, also per phase (a thread samples the resident size every 50 ms and
 the phase functions are wrapped to label the samples: setup = loading before the first
@@ -54,27 +55,50 @@ def main() -> int:
 
     from fenrec_dist.config import load_config
     from fenrec_dist.data.prepare import prepare
-    from fenrec_dist.train.single import train_single
-
-    import fenrec_dist.train.single as single
     from fenrec_dist.train.memory import resident_mib
 
     phase_peak: dict[str, float] = {}
     phase = ["prepare"]
 
-    def label(name: str, fn):  # type: ignore[no-untyped-def]
+    def label(name, fn):  # type: ignore[no-untyped-def]
+        """``fn`` with the samples taken while it runs labelled ``name`` (a str, or a callable
+        returning one at call time)."""
         def wrapped(*a, **k):  # type: ignore[no-untyped-def]
-            phase[0] = name
+            phase[0] = name() if callable(name) else name
             try:
                 return fn(*a, **k)
             finally:
                 phase[0] = "between"  # checkpoint saving, batching, logging after a phase
         return wrapped
 
-    single.epoch_representations = label("cluster", single.epoch_representations)
-    single.train_epoch = label("train", single.train_epoch)
-    single.evaluate_split = label("eval", single.evaluate_split)
-    single.finish = label("final_test", single.finish)
+    try:  # the one trainer (train/trainer.py) in one process (train/local.py)
+        import fenrec_dist.train.local as local
+        import fenrec_dist.train.trainer as trainer
+
+        committed = [False]  # the epoch's record is written: evaluations from here on are the final scoring
+        commit = local.LocalRuntime.commit
+
+        def commit_epoch(self, *a, **k):  # type: ignore[no-untyped-def]
+            try:
+                return commit(self, *a, **k)
+            finally:
+                committed[0] = True
+
+        local.LocalRuntime.commit = commit_epoch  # type: ignore[method-assign]
+        trainer.epoch_intents = label("cluster", trainer.epoch_intents)
+        trainer.train_epoch = label("train", trainer.train_epoch)
+        trainer.evaluate = label(lambda: "final_test" if committed[0] else "eval", trainer.evaluate)
+        train_run = local.train_local
+    except ModuleNotFoundError as exc:  # a baseline revision from before it (--baseline): train/single.py
+        if exc.name != "fenrec_dist.train.local":
+            raise
+        import fenrec_dist.train.single as single
+
+        single.epoch_representations = label("cluster", single.epoch_representations)
+        single.train_epoch = label("train", single.train_epoch)
+        single.evaluate_split = label("eval", single.evaluate_split)
+        single.finish = label("final_test", single.finish)
+        train_run = single.train_single
     stop = threading.Event()
 
     def sample() -> None:
@@ -94,7 +118,7 @@ def main() -> int:
                                         "train.progress=false", f"train.threads={args.threads}"] + args.overrides)
         t0 = time.perf_counter()
         phase[0] = "setup"
-        train_single(cfg, Path(tmp) / "run", log=lambda *_: None)
+        train_run(cfg, Path(tmp) / "run", log=lambda *_: None)
         total = time.perf_counter() - t0
         rec = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[0])
     stop.set()

@@ -2,11 +2,13 @@
 """The FAISS negative index on Beauty: refresh cost, recall of the approximate kinds,
 false-negative rate of raw neighbours and hardness of mined vs random negatives.
 
-    .venv/bin/python bench/micro/bench_index.py [--data ../shared/data/Beauty.txt] [--checkpoint RUN/checkpoints/best.pt]
+    .venv/bin/python bench/micro/bench_index.py [--data ../shared/data/Beauty.txt] [--checkpoint RUN_DIR]
                                           [--threads 2] [--kinds flat,ivf,hnsw]
 
 Prepares Beauty in a temp dir, embeds every training sample with the given checkpoint
-(a trained SASRec from ``fenrec train --local``; a fresh model when none is given), then
+(a trained SASRec: a run directory of ``fenrec train``, whose newest complete checkpoint's
+best weights are used (``train.layout.best_weights``), or a ``best.pt`` file; a fresh model
+when none is given), then
 for each index kind builds the index and mines every sample's negatives exactly as an
 epoch refresh does (``IndexRefresher.refresh``: build + search + filter + summary + save).
 Recall@k of ivf/hnsw is measured against the exact flat index's raw neighbours. Writes
@@ -33,7 +35,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "Beauty.txt"))
     ap.add_argument("--config", default=str(ROOT / "configs" / "beauty.yaml"))
-    ap.add_argument("--checkpoint", default=None, help="best.pt of a trained single-process run")
+    ap.add_argument("--checkpoint", default=None,
+                    help="a trained run directory (the best weights of its newest complete checkpoint), "
+                         "or a best.pt file")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kinds", default="flat,ivf,hnsw")
     ap.add_argument("--out", default=str(ROOT / "bench" / "micro" / "results" / "index.json"))
@@ -54,7 +58,8 @@ def main() -> int:
     from fenrec_dist.negatives.store import NegativesStore
     from fenrec_dist.train.checkpoint import load_state
     from fenrec_dist.train.loop import embed
-    from fenrec_dist.train.single import build_model
+    from fenrec_dist.train.trainer import build_model
+    from fenrec_dist.train import layout
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -63,9 +68,11 @@ def main() -> int:
         prepare(args.data, Path(tmp) / "data")
         cfg = load_config(args.config, [f"data.path={tmp}/data", "train.device=cpu"])
         data = load_prepared(cfg.data.path, max_len=cfg.data.max_len)
-        model = build_model(cfg, data, torch.device("cpu"))
-        if args.checkpoint:
-            model.load_state_dict(load_state(args.checkpoint)["model"])
+        model = build_model(cfg, data.num_items, data.max_len, torch.device("cpu"))
+        if args.checkpoint and Path(args.checkpoint).is_dir():  # a run: its newest complete checkpoint's best
+            model.load_state_dict(layout.best_weights(Path(args.checkpoint))[0])
+        elif args.checkpoint:  # a weights file holding {"model": state}, e.g. a checkpoint's best.pt
+            model.load_state_dict(load_state(Path(args.checkpoint))["model"])
         out["checkpoint"] = args.checkpoint or "fresh model"
         t0 = time.perf_counter()
         reprs = embed(model, data.train.inputs, cfg.intents.batch_size, torch.device("cpu"))

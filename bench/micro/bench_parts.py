@@ -51,7 +51,11 @@ def _parts(pkg: str, inputs: dict):  # type: ignore[no-untyped-def]
     ce = mod("losses.soft_labels").soft_label_loss_from_reprs
     loss = mod("losses.fenrec").FENRecLoss(cfg_mod.LossConfig(lambda_coarse=0.3, beta_fine=0.1),
                                          cfg_mod.NegativesConfig(warmup_epochs=0))
-    intents = mod("intents").IntentClusters(inputs["centroids"])
+    try:  # negatives/intents.py since ec29aac
+        intents_mod = mod("negatives.intents")
+    except ModuleNotFoundError:  # a baseline revision from before it
+        intents_mod = mod("intents")
+    intents = intents_mod.IntentClusters(inputs["centroids"])
     x = inputs
     torch.manual_seed(0)
     encoder = mod("model").build_encoder(cfg_mod.ModelConfig(), 12101, 50)

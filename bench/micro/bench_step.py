@@ -17,6 +17,7 @@ bench/micro/results/step.json.
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import sys
 import tempfile
@@ -57,10 +58,16 @@ def main() -> int:
         revision_package(args.baseline, Path(tmp))
         sys.path.insert(0, tmp)
         prepare(args.data, Path(tmp) / "data")
-        data_dir = str(Path(tmp) / "data")
-        new = Arm("fenrec_dist", args.config, args.overrides, data_dir, None, None)
+        # the baseline reads only its own prepared format (format 2 since c5ba52a): its own prepare
+        importlib.import_module("fenrec_dist_base.data.prepare").prepare(args.data, Path(tmp) / "data_base")
+        new = Arm("fenrec_dist", args.config, args.overrides, str(Path(tmp) / "data"), None, None)
         centroids = fit_intents(new)
-        base = Arm("fenrec_dist_base", args.config, args.overrides, data_dir, new.model.state_dict(), centroids)
+        base = Arm("fenrec_dist_base", args.config, args.overrides, str(Path(tmp) / "data_base"),
+                   new.model.state_dict(), centroids)
+        if not (np.array_equal(new.data.train.inputs, base.data.train.inputs)
+                and np.array_equal(new.data.train.target, base.data.train.target)):
+            raise SystemExit(f"{args.baseline}'s prepared training samples differ from this checkout's: "
+                             "the arms' batches would not be the same samples")
         batches = epoch0_batches(new)
         times: dict[str, list[float]] = {"baseline": [], "new": []}
         cpu: dict[str, list[float]] = {"baseline": [], "new": []}

@@ -53,13 +53,13 @@ def _rank(rank: int, world: int, port: int, data_dir: str, config: str, steps: i
     from fenrec_dist.negatives.intents import IntentClusters
     from fenrec_dist.losses.fenrec import FENRecLoss
     from fenrec_dist.train.batches import PartnerIndex, epoch_batches, epoch_rng
-    from fenrec_dist.train.single import build_model
+    from fenrec_dist.train.trainer import build_model
 
     cfg = load_config(config, [f"data.path={data_dir}", "negatives.warmup_epochs=0"])
     data = load_prepared(data_dir, max_len=cfg.data.max_len)
     device = torch.device("cpu")
     torch.manual_seed(0)
-    model = build_model(cfg, data, device)
+    model = build_model(cfg, data.num_items, data.max_len, device)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     opt = loop.make_adam(model.parameters(), cfg.train.lr)
     reprs = loop.embed(model, data.train.inputs[:20000], 1024, device)
