@@ -48,6 +48,8 @@ DESCRIPTIONS = {
     "accuracy/beauty_fast_lr1e-2_probe.md": "Beauty fast preset at peak LR 1e-2 against 5e-3 (seed 1), first 10 epochs: 1e-2 stalls",
     "accuracy/beauty_fast_s2_test_ranks.npz": "per-user test ranks of results/beauty/fast-s2's best checkpoint (pairs ablations without its checkpoint)",
     "accuracy/beauty_fast_s2_test_uncertainty.json": "results/beauty/fast-s2's test metrics with their standard errors over users",
+    "accuracy/beauty_fast_s3_test_ranks.npz": "per-user test ranks of results/beauty/fast-s3's best checkpoint",
+    "accuracy/beauty_fast_s3_test_uncertainty.json": "results/beauty/fast-s3's test metrics with their standard errors over users",
     "accuracy/beauty_nosoft_ablation.md": "Beauty ablation, soft labels off against on, paired per epoch (139 epochs)",
     "accuracy/beauty_nosoft_valid.png": "Beauty ablation, soft labels off against on: validation NDCG@20",
     "accuracy/beauty_nosoft_test_paired.json": "Beauty ablation, soft labels off minus on: paired test differences",
