@@ -18,6 +18,7 @@ from fenrec_dist import comm as C
 from fenrec_dist.config import Config, config_from_dict
 from fenrec_dist.model.base import SequenceEncoder
 from fenrec_dist.train import layout
+from fenrec_dist.distributed.storage import STOPPED
 from fenrec_dist.train.checkpoint import CheckpointError, StorageError
 from fenrec_dist.train.runtime import Engine, TorchEngine, WriteCheckpoint
 from fenrec_dist.train.trainer import fit
@@ -84,9 +85,8 @@ class RayRuntime:
                 storage = ray.train.get_context().get_storage()
                 shown = storage_uri(storage.storage_filesystem, storage.experiment_fs_path)
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise StorageError(f"{shown}: cannot write epoch {record['epoch']}'s checkpoint ({first}); the run "
-                                   f"stopped, the checkpoints before it are as they were: run the same command "
-                                   f"again once the storage takes writes") from exc
+                raise StorageError(f"{shown}: cannot write epoch {record['epoch']}'s checkpoint ({first}); "
+                                   f"{STOPPED}") from exc
 
     def negatives_store(self) -> Any:
         import ray.train

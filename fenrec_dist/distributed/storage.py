@@ -27,6 +27,9 @@ STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEF
                "AWS_CA_BUNDLE")
 SECRET_QUERY = ("access_key", "secret_key", "session_token")
 RUN_FILES = ("config.yaml", "metrics.jsonl", "final.json")
+# how every storage failure's one line ends (a worker's checkpoint upload, the driver's probe)
+STOPPED = ("the run stopped, the checkpoints before it are as they were: run the same command again once the "
+           "storage takes writes")
 
 
 def is_uri(storage: str) -> bool:
@@ -139,8 +142,7 @@ def storage_down(error: BaseException | None, storage: str, name: str) -> Storag
             probe.unlink()
     except (OSError, StorageError) as exc:
         cause = _first(exc.__cause__ or exc)
-        return StorageError(f"{uri}: storage not reachable ({cause}); the run stopped, the checkpoints before it are "
-                            f"as they were: run the same command again once the storage takes writes")
+        return StorageError(f"{uri}: storage not reachable ({cause}); {STOPPED}")
     return None
 
 
