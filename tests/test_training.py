@@ -683,6 +683,26 @@ def test_distributed_progress_callback_drops_a_stale_final_json_at_the_first_new
     assert [r["epoch"] for r in read_metrics(run)] == [0, 1]
 
 
+def test_distributed_progress_callback_restores_a_line_lost_after_its_checkpoint(finished_run, tmp_path):
+    """Storage went down after epoch 0's checkpoint was stored but before the driver stored its
+    metrics line: the resumed run's first report (epoch 1) carries the checkpoint's own record,
+    and the driver writes it back before epoch 1's line, once; a report without a gap adds none."""
+    from fenrec_dist.distributed.driver import make_callback
+    from fenrec_dist.train.local import load_run_config
+    from fenrec_dist.train.report import PREVIOUS
+
+    run = _copy_run(finished_run, tmp_path / "dist")
+    recs = read_metrics(run)
+    (run / "metrics.jsonl").unlink()  # epoch 0's line lost
+    cb = make_callback(run, load_run_config(run))
+    cb.after_report(None, [{**recs[1], PREVIOUS: recs[0]}], None)
+    got = read_metrics(run)
+    assert [r["epoch"] for r in got] == [0, 1]
+    assert got[0]["valid"] == recs[0]["valid"] and PREVIOUS not in got[1]
+    cb.after_report(None, [{**recs[1], "epoch": 2, PREVIOUS: recs[1]}], None)  # its line is there: not again
+    assert [r["epoch"] for r in read_metrics(run)] == [0, 1, 2]
+
+
 def test_progress_bar_is_drawn_on_a_terminal_only(tiny_data, tmp_path, monkeypatch):
     """train.progress=true draws tqdm's bar on a terminal; a log file or pipe (nohup, ray job
     logs) gets no carriage-return redraws, only the epoch lines."""

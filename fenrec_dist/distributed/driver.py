@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from fenrec_dist.config import Config, ConfigError, dump_yaml, to_dict
 from fenrec_dist.data.errors import DataError
 from fenrec_dist.train.checkpoint import atomic_write_json, atomic_write_text
-from fenrec_dist.train.report import MetricsLog, drop_final, plot_curves, progress_line
+from fenrec_dist.train.report import PREVIOUS, MetricsLog, drop_final, plot_curves, progress_line, read_metrics
 
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train's wait for a placement group
@@ -129,9 +129,10 @@ def make_callback(run_dir: Path, cfg: Config, remote: Any = None):  # type: igno
             self.log: MetricsLog | None = None
 
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-            rec = metrics[0] if metrics else {}
+            rec = dict(metrics[0]) if metrics else {}
             if not rec:
                 return
+            previous = rec.pop(PREVIOUS, None)
             if rec.get("final"):  # the workers' scoring of the best weights
                 final = {k: v for k, v in rec.items() if k != "final"}
                 final["checkpoint"] = str(checkpoint.path) if checkpoint is not None else None
@@ -147,6 +148,9 @@ def make_callback(run_dir: Path, cfg: Config, remote: Any = None):  # type: igno
                 drop_final(run_dir, log=lambda line: print(line, flush=True))  # a resumed finished run trains on
                 if remote is not None:
                     remote.delete("final.json")
+            if previous is not None and previous.get("epoch") == rec["epoch"] - 1 \
+                    and len(read_metrics(run_dir)) < rec["epoch"]:
+                self.log.write(previous)  # its line was lost after its checkpoint was stored
             self.log.write(rec)
             if remote is not None:
                 remote.upload(self.log.path)

@@ -19,6 +19,7 @@ from fenrec_dist.config import Config, config_from_dict
 from fenrec_dist.model.base import SequenceEncoder
 from fenrec_dist.train import layout
 from fenrec_dist.distributed.storage import STOPPED
+from fenrec_dist.train.report import PREVIOUS
 from fenrec_dist.train.checkpoint import CheckpointError, StorageError
 from fenrec_dist.train.runtime import Engine, TorchEngine, WriteCheckpoint
 from fenrec_dist.train.trainer import fit
@@ -42,6 +43,7 @@ class RayRuntime:
         self.resume = resume  # the driver found a complete checkpoint in storage (driver.resume_point)
         self.rank, self.world_size = C.world()
         self.device = ray.train.torch.get_device()
+        self.previous: dict[str, Any] | None = None  # the resumed checkpoint's record, sent with the next report
 
     def log(self, message: str) -> None:
         if self.rank == 0:
@@ -70,6 +72,7 @@ class RayRuntime:
                 self.log(f"resume: skipped {why}")
             if d is None:
                 raise CheckpointError(f"{shown}: no complete checkpoint to resume from ({'; '.join(skipped)})")
+            self.previous = layout.read_record(d) if self.rank == 0 else None
             yield d
 
     def commit(self, record: dict[str, Any], write: WriteCheckpoint) -> None:
@@ -79,8 +82,10 @@ class RayRuntime:
         with tempfile.TemporaryDirectory() as tmp:
             write(Path(tmp))
             layout.write_manifest(Path(tmp), self.rank)  # last: this rank's files, its ZeRO shard included
+            sent = record if self.previous is None else {**record, PREVIOUS: self.previous}
             try:
-                ray.train.report(record, checkpoint=Checkpoint.from_directory(tmp))
+                ray.train.report(sent, checkpoint=Checkpoint.from_directory(tmp))
+                self.previous = None
             except OSError as exc:  # pyarrow's upload: storage down, unwritable, full
                 storage = ray.train.get_context().get_storage()
                 shown = storage_uri(storage.storage_filesystem, storage.experiment_fs_path)

@@ -57,6 +57,9 @@ def progress_line(rec: dict[str, Any], max_epochs: int, metric: str, patience: i
     return " | ".join(parts)
 
 
+PREVIOUS = "previous"  # a resumed run's first report: its checkpoint's own record (the epoch before it)
+
+
 class MetricsLog:
     """Appends one JSON line per epoch; on resume keeps only completed epochs."""
 

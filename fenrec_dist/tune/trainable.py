@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fenrec_dist.train.report import PREVIOUS
+
 TIME_ATTR = "epochs_done"  # completed epochs: ASHA's clock, stable across resumes
 
 
@@ -28,7 +30,8 @@ def make_report_callback() -> Any:
     class EpochReportCallback(TuneReportCallback):
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
             if metrics and "epoch" in metrics[0]:
-                metrics = [{**metrics[0], TIME_ATTR: int(metrics[0]["epoch"]) + 1}, *metrics[1:]]
+                rec = {k: v for k, v in metrics[0].items() if k != PREVIOUS}  # the driver's business
+                metrics = [{**rec, TIME_ATTR: int(rec["epoch"]) + 1}, *metrics[1:]]
             super().after_report(run_context, metrics, checkpoint)
 
     return EpochReportCallback()
