@@ -170,7 +170,7 @@ class _GatheredDot(torch.autograd.Function):
     Autograd's own graph of that expression keeps two [B, K, d] products for its backward and
     scatters the rows' gradient with an accumulating index_put; here the backward is one
     [B, 1, K] x [B, K, d] batched product for z and one index_add for the rows (B = K = 256,
-    d = 64: 0.72 of autograd's CPU time, bench/micro/bench_gathered_dot.py).
+    d = 64: 0.66-0.72 of autograd's CPU time, bench/micro/bench_gathered_dot.py).
     """
 
     @staticmethod
