@@ -76,6 +76,10 @@ def test_one_ray_worker_equals_one_local_process(tiny_data, tmp_path, local_ray)
     for k, v in local["test"].items():
         assert ray_final["test"][k] == pytest.approx(v, abs=1e-6), k
     assert ray_final["best_epoch"] == local["best_epoch"]
+    newest = Path(json.loads((tmp_path / "ray" / "final.json").read_text())["checkpoint"])  # holds best.pt
+    from fenrec_dist.train.layout import checkpoint_epoch
+
+    assert newest.is_dir() and checkpoint_epoch(newest) == 2, newest
 
 
 def test_two_workers_read_their_own_shards_and_mine_the_sharded_index(tiny_data, tmp_path, local_ray):

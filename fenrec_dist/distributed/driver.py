@@ -127,15 +127,21 @@ def make_callback(run_dir: Path, cfg: Config, remote: Any = None):  # type: igno
 
         def __init__(self) -> None:
             self.log: MetricsLog | None = None
+            self.newest: str | None = None  # the storage path of the newest epoch's checkpoint
 
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
             rec = dict(metrics[0]) if metrics else {}
             if not rec:
                 return
             previous = rec.pop(PREVIOUS, None)
+            if checkpoint is not None and not rec.get("final"):
+                from fenrec_dist.distributed.ray_runtime import storage_uri
+
+                self.newest = storage_uri(checkpoint.filesystem, checkpoint.path)
             if rec.get("final"):  # the workers' scoring of the best weights
                 final = {k: v for k, v in rec.items() if k != "final"}
-                final["checkpoint"] = str(checkpoint.path) if checkpoint is not None else None
+                # the newest checkpoint (it holds the best weights): this report carries none
+                final["checkpoint"] = str(checkpoint.path) if checkpoint is not None else self.newest
                 atomic_write_json(run_dir / "final.json", final)
                 if remote is not None:
                     remote.upload(run_dir / "final.json")
